@@ -1,0 +1,94 @@
+"""Bad input gets one line naming the problem, exit code 2, no traceback, and nothing that
+was already written is changed. Run as real subprocesses, as a user would."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+BAD_BACKBONE = """name: bad
+space:
+  backbone: {type: categorical, choices: [mobilenet_v2, resnet5]}
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def snapshot(folder):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_unknown_backbone(tmp_path, prepared):
+    space = tmp_path / "bad.yaml"
+    space.write_text(BAD_BACKBONE)
+    result = run("search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp"))
+    assert_one_line_error(result, str(space), "unknown backbone 'resnet5'", "allowed:", "did you mean 'resnet50'")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_malformed_space_file(tmp_path, prepared):
+    space = tmp_path / "broken.yaml"
+    space.write_text("name: x\nspace:\n  dropout: {type: float, low: 0.1\n")
+    result = run("search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp"))
+    assert_one_line_error(result, str(space), "not valid YAML")
+
+
+@pytest.mark.parametrize("data", ["", "missing", "empty"])
+def test_missing_or_empty_data(tmp_path, data):
+    (tmp_path / "empty").mkdir()
+    url = str(tmp_path / data) if data else ""
+    result = run("search", "--space", "quick", "--data", url, "--storage", str(tmp_path / "exp"))
+    expected = "no data URL given" if not data else "no prepared dataset at"
+    assert_one_line_error(result, expected)
+
+
+def test_prepare_into_a_folder_holding_another_dataset(tmp_path, prepared, synthetic_source):
+    before = snapshot(prepared)
+    result = run("prepare", str(synthetic_source), str(prepared), "--sizes", "64", "--context-px", "150")
+    assert_one_line_error(result, "already holds a different dataset", "choose a new output folder")
+    assert snapshot(prepared) == before
+
+
+def test_prepare_from_a_folder_that_is_not_cbis_ddsm(tmp_path):
+    (tmp_path / "src").mkdir()
+    result = run("prepare", str(tmp_path / "src"), str(tmp_path / "out"))
+    assert_one_line_error(result, "is not a CBIS-DDSM folder")
+
+
+def test_synth_into_a_used_folder(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "thesis.tex").write_text("precious")
+    result = run("synth", str(tmp_path / "used"), "--patients", "10")
+    assert_one_line_error(result, "not empty")
+    assert (tmp_path / "used" / "thesis.tex").read_text() == "precious"
+
+
+def test_best_of_a_folder_without_an_experiment(tmp_path):
+    assert_one_line_error(run("best", str(tmp_path)), "no mammotune experiment")
+
+
+def test_unknown_preset_lists_the_presets(tmp_path):
+    result = run("search", "--space", "quik", "--data", str(tmp_path), "--storage", str(tmp_path / "e"))
+    assert_one_line_error(result, "unknown search space 'quik'", "did you mean 'quick'")
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "tuner", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0
+    for command in ("quickstart", "synth", "prepare", "search", "best"):
+        assert command in result.stdout

@@ -1,0 +1,79 @@
+import pytest
+
+from tests.conftest import REPO
+from tuner.config import load_space
+from tuner.errors import UserError
+from tuner.search.space import check_space
+
+PRODUCT_DIMENSIONS = {"backbone", "class_weight", "dropout", "input_size", "transfer"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_load_and_check(path):
+    space = load_space(path)
+    check_space(space, str(path))
+
+
+def test_quick_names_the_five_product_dimensions():
+    space = load_space(REPO / "search_spaces" / "quick.yaml")
+    assert PRODUCT_DIMENSIONS <= set(space.space)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def _checked(path):
+    check_space(load_space(path), str(path))
+
+
+BASE = "name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18]}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: t\nspace: [oops", "is not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        (BASE + "trails: 3\n", "trails: unknown key; allowed: name, description"),
+        ("name: t\nspace:\n  dropout: {type: uniform, low: 0, high: 1}\n", "space.dropout: unknown dimension type"),
+        ("name: t\nspace:\n  dropout: {type: float, low: 0.5, high: 0.1}\n", "space.dropout: low (0.5) must be below high"),
+        ("name: t\nspace: {}\n", "space:"),
+        ("name: t\nspace:\n  lr: {type: float, low: 0.001, high: 0.01, lg: true}\n", "space.lr.lg: unknown key; allowed: type, low, high, log"),
+    ],
+)
+def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n",
+         "space.backbone.choices[1]: unknown backbone 'resnet5'; allowed: densenet121"),
+        ("name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n", "did you mean"),
+        ("name: t\nspace:\n  transfer: {type: categorical, choices: [imagenet, imagenets]}\n", "unknown transfer 'imagenets'"),
+        (BASE + "fixed: {optimizer: sgd}\n", "fixed.optimizer: unknown setting 'optimizer'"),
+        (BASE + "fixed: {dropout: 1.5}\n", "fixed.dropout: dropout 1.5 must be in [0, 1)"),
+        (BASE + "task: cancer\n", "task: unknown task 'cancer'"),
+        ("name: t\nspace:\n  class_weight: {type: categorical, choices: [none, heavy]}\n", "unknown class_weight 'heavy'"),
+        ("name: t\nfixed: {input_size: 48}\nspace:\n  backbone: {type: categorical, choices: [inception_v3]}\n",
+         "needs inputs of at least 75 px"),
+    ],
+)
+def test_semantic_errors_name_the_key_and_allowed_values(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        _checked(path)
+    assert message in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_space(tmp_path / "none.yaml")

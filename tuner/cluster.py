@@ -1,0 +1,31 @@
+"""Connecting to Ray: an in-process local cluster by default, a running cluster with
+``--address`` or ``RAY_ADDRESS``. Ray's token authentication stays on; a remote cluster's
+token is read as Ray documents it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tuner.errors import UserError
+
+__all__ = ["connect"]
+
+
+def connect(address: str | None = None) -> str:
+    """Start or join Ray once per process; returns the dashboard URL (or "")."""
+    import ray
+
+    if ray.is_initialized():
+        return ""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        context = ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]} "
+            "(check the address, and the token in RAY_AUTH_TOKEN)"
+        ) from None
+    url = getattr(context, "dashboard_url", "") or ""
+    return f"http://{url}" if url and not url.startswith("http") else url

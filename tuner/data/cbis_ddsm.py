@@ -1,0 +1,198 @@
+"""CBIS-DDSM as distributed by The Cancer Imaging Archive: four case-description CSVs and a
+tree of DICOM files, joined on the series folder name.
+
+Quirks of the real collection handled here (see ``datasets/cbis_ddsm.md``): CRLF line ends,
+``breast_density`` vs ``breast density`` headers, quoted paths ending in a newline, crop and
+mask file names that do not tell which is which (told apart by content instead), masks whose
+size differs from their image, and two DICOM layouts (the CSVs' own
+``<series folder>/<study UID>/<series UID>/00000N.dcm`` and the current download's
+``CBIS-DDSM/<series folder>/<date>-DDSM-NA-<n>/<k>.000000-<description>-<n>/1-1.dcm``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from tuner import storage
+from tuner.errors import UserError
+
+__all__ = [
+    "CSV_FILES",
+    "MASS_COLUMNS",
+    "CALC_COLUMNS",
+    "PATHOLOGIES",
+    "Abnormality",
+    "CbisDdsmSource",
+    "series_folder",
+    "is_mask",
+]
+
+CSV_FILES = {
+    ("mass", "train"): "mass_case_description_train_set.csv",
+    ("mass", "test"): "mass_case_description_test_set.csv",
+    ("calcification", "train"): "calc_case_description_train_set.csv",
+    ("calcification", "test"): "calc_case_description_test_set.csv",
+}
+
+MASS_COLUMNS = [
+    "patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
+    "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
+    "image file path", "cropped image file path", "ROI mask file path",
+]  # fmt: skip
+CALC_COLUMNS = [
+    "patient_id", "breast density", "left or right breast", "image view", "abnormality id",
+    "abnormality type", "calc type", "calc distribution", "assessment", "pathology",
+    "subtlety", "image file path", "cropped image file path", "ROI mask file path",
+]  # fmt: skip
+
+PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
+
+# A series folder: Mass-Training_P_00001_LEFT_CC (full image) or ..._CC_1 (ROI of abnormality 1).
+_SERIES = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
+
+
+@dataclass(frozen=True)
+class Abnormality:
+    """One row of a case-description CSV, cleaned."""
+
+    patient_id: str
+    abnormality_type: str  # "mass" | "calcification"
+    abnormality_id: int
+    pathology: str  # BENIGN | BENIGN_WITHOUT_CALLBACK | MALIGNANT
+    laterality: str  # LEFT | RIGHT
+    view: str  # CC | MLO
+    breast_density: int
+    subtlety: int
+    assessment: int
+    official_split: str  # "train" | "test", from the CSV file it came from
+    image_series: str  # series folder of the full mammogram
+    roi_series: str  # series folder(s) of the cropped image and ROI mask
+    crop_series: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def series_folder(path: str) -> str | None:
+    """The series folder name (the join key) in a CSV path or a downloaded file's path."""
+    for part in path.strip().replace("\\", "/").split("/"):
+        if _SERIES.match(part):
+            return part
+    return None
+
+
+def _clean(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.rename(columns=lambda c: c.strip().replace("breast density", "breast_density"))
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].astype(str).str.strip()
+    return frame
+
+
+class CbisDdsmSource:
+    """A CBIS-DDSM download at a local path or URL, listed once.
+
+    Raises:
+        UserError: the folder does not exist, or lacks one of the four CSVs.
+    """
+
+    def __init__(self, root: str):
+        self.root = storage.normalize(root)
+        self._fs, self._base = storage.filesystem(self.root)
+        if not self._fs.exists(self._base):
+            raise UserError(f"source {self.root} does not exist; give the folder holding the CSVs")
+        self._files = sorted(self._fs.find(self._base))
+        by_name = {posixpath.basename(p): p for p in self._files if p.endswith(".csv")}
+        missing = [name for name in CSV_FILES.values() if name not in by_name]
+        if missing:
+            raise UserError(
+                f"{self.root} is not a CBIS-DDSM folder: missing {', '.join(missing)} "
+                "(download the four case-description CSVs from TCIA next to the DICOM tree)"
+            )
+        self._csv = {key: by_name[name] for key, name in CSV_FILES.items()}
+        self._csv_bytes = {key: self._read(path) for key, path in self._csv.items()}
+
+    def _read(self, path: str) -> bytes:
+        with self._fs.open(path, "rb") as f:
+            return f.read()
+
+    def _url(self, path: str) -> str:
+        return path if storage.is_local(self.root) else f"{self._fs.unstrip_protocol(path)}"
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the CSVs' bytes and the DICOM files' relative paths."""
+        digest = hashlib.sha256()
+        for key in sorted(self._csv_bytes):
+            digest.update(self._csv_bytes[key])
+        for path in self._files:
+            if path.lower().endswith(".dcm"):
+                digest.update(posixpath.relpath(path, self._base).encode())
+        return digest.hexdigest()
+
+    def abnormalities(self) -> list[Abnormality]:
+        """Every row of the four CSVs, cleaned.
+
+        Raises:
+            UserError: a CSV lacks an expected column or has an unknown pathology.
+        """
+        rows: list[Abnormality] = []
+        expected = {c.replace("breast density", "breast_density") for c in MASS_COLUMNS}
+        expected -= {"mass shape", "mass margins"}
+        for (kind, split), data in self._csv_bytes.items():
+            name = self._csv[(kind, split)]
+            frame = _clean(pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False))
+            lacking = sorted(expected - set(frame.columns))
+            if lacking:
+                raise UserError(f"{name}: missing columns {', '.join(lacking)}")
+            for record in frame.to_dict("records"):
+                rows.append(_abnormality(name, kind, split, record))
+        return rows
+
+    def dicom_index(self) -> dict[str, list[str]]:
+        """Map each series folder name to the DICOM files inside it (URLs), whichever of
+        the two layouts the tree uses."""
+        index: dict[str, list[str]] = defaultdict(list)
+        for path in self._files:
+            if path.lower().endswith(".dcm"):
+                key = series_folder(posixpath.relpath(path, self._base))
+                if key:
+                    index[key].append(self._url(path))
+        return dict(index)
+
+
+def _abnormality(name: str, kind: str, split: str, record: dict) -> Abnormality:
+    pathology = record["pathology"].upper()
+    if pathology not in PATHOLOGIES:
+        raise UserError(
+            f"{name}: patient {record['patient_id']}: unknown pathology "
+            f"{record['pathology']!r}; allowed: {', '.join(PATHOLOGIES)}"
+        )
+    return Abnormality(
+        patient_id=record["patient_id"],
+        abnormality_type=kind,
+        abnormality_id=int(record["abnormality id"]),
+        pathology=pathology,
+        laterality=record["left or right breast"].upper(),
+        view=record["image view"].upper(),
+        breast_density=int(record["breast_density"] or 0),
+        subtlety=int(record["subtlety"] or 0),
+        assessment=int(record["assessment"] or 0),
+        official_split=split,
+        image_series=series_folder(record["image file path"]) or "",
+        roi_series=series_folder(record["ROI mask file path"]) or "",
+        crop_series=series_folder(record["cropped image file path"]) or "",
+    )
+
+
+def is_mask(pixels: np.ndarray) -> bool:
+    """A ROI mask holds two values (background and ROI); a cropped image is greyscale."""
+    step_y, step_x = max(1, pixels.shape[0] // 256), max(1, pixels.shape[1] // 256)
+    return np.unique(pixels[::step_y, ::step_x]).size <= 2

@@ -1,0 +1,1 @@
+"""Results: what a search left in storage, ranked and retrieved."""

@@ -1,0 +1,1 @@
+"""Search: space files compiled for Optuna, and the Ray Tune run (OptunaSearch + ASHA)."""

@@ -1,0 +1,203 @@
+"""The search runner: a space file, a prepared dataset and an experiment URL become a Ray Tune
+run with OptunaSearch (TPE, seeded, persistent study) and ASHA early stopping.
+
+Everything that can be checked on the driver is checked before the first trial starts: the
+space, the dataset and its tile sizes, the weights, and the experiment location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import time
+from dataclasses import dataclass
+
+import tuner
+from tuner import storage
+from tuner.config import Categorical, SearchSpace
+from tuner.data.stream import load_manifest, split_entry
+from tuner.errors import UserError, unknown_choice
+from tuner.models.weights import load_imagenet_state
+from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT
+from tuner.search.space import DefineByRun, check_space
+from tuner.training.config import TrialConfig
+from tuner.training.trainable import REPORTED_METRICS, train_trial
+
+__all__ = ["SearchPlan", "plan_search", "run_search"]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A checked search, ready to run."""
+
+    space: SearchSpace
+    space_file: str
+    data: str
+    dataset_id: str
+    experiment: str
+    study_storage: str
+    max_epochs: int
+    constants: dict
+
+
+def _max_epochs(space: SearchSpace) -> int:
+    dim = space.space.get("epochs")
+    if dim is None:
+        return int(space.fixed.get("epochs", TrialConfig().epochs))
+    return int(max(dim.choices) if isinstance(dim, Categorical) else dim.high)
+
+
+def _default_study(experiment: str) -> str:
+    """SQLite next to a local experiment; for a bucket, in the user's cache (SQLite needs a
+    local disk). Pass --study with an SQLAlchemy URL (PostgreSQL) on a cluster."""
+    if storage.is_local(experiment):
+        return f"sqlite:///{storage.join(experiment, 'optuna.db')}"
+    digest = hashlib.sha256(experiment.encode()).hexdigest()[:12]
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "mammotune", "studies")
+    os.makedirs(folder, exist_ok=True)
+    return f"sqlite:///{folder}/{posixpath.basename(experiment)}-{digest}.db"
+
+
+def plan_search(
+    space: SearchSpace,
+    *,
+    space_file: str,
+    data: str,
+    experiment: str,
+    weights_dir: str | None = None,
+    trials: int | None = None,
+    study: str | None = None,
+) -> SearchPlan:
+    """Check everything the search needs, before any trial starts.
+
+    Raises:
+        UserError: a bad space, a missing dataset or tile size, missing weights, an unknown
+            metric, or an experiment location that already holds something.
+    """
+    check_space(space, space_file)
+    if space.metric not in REPORTED_METRICS:
+        raise UserError(f"{space_file}: metric: {unknown_choice('metric', space.metric, REPORTED_METRICS)}")
+    if trials is not None:
+        space = space.model_copy(update={"trials": trials})
+    manifest = load_manifest(data)
+    for size in space.input_sizes():
+        for split in ("train", "val"):
+            split_entry(manifest, space.view, size, split)
+
+    transfers = space.space.get("transfer")
+    choices = transfers.choices if isinstance(transfers, Categorical) else [space.fixed.get("transfer")]
+    if "imagenet" in choices:
+        backbones = space.space.get("backbone")
+        names = backbones.choices if isinstance(backbones, Categorical) else [space.fixed.get("backbone", TrialConfig().backbone)]
+        for name in names:
+            load_imagenet_state(name, weights_dir)
+
+    if not experiment:
+        raise UserError("no experiment location given; pass --storage with a folder or bucket URL")
+    experiment = storage.normalize(experiment)
+    if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
+        raise UserError(
+            f"{experiment} already holds an experiment; choose a new --storage location "
+            "(nothing there was changed)"
+        )
+    fs, path = storage.filesystem(experiment)
+    if fs.exists(path) and fs.ls(path):
+        raise UserError(f"{experiment} is not empty; choose a new --storage location")
+
+    constants = {
+        "data": storage.normalize(data),
+        "view": space.view,
+        "task": space.task,
+        "weights_dir": storage.normalize(weights_dir) if weights_dir else None,
+        "seed": space.seed,
+    }
+    return SearchPlan(
+        space=space,
+        space_file=str(space_file),
+        data=storage.normalize(data),
+        dataset_id=manifest["id"],
+        experiment=experiment,
+        study_storage=study or _default_study(experiment),
+        max_epochs=_max_epochs(space),
+        constants=constants,
+    )
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_search(plan: SearchPlan, *, verbose: int = 1):
+    """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Short CPU epochs checkpoint every few seconds, which is expected here: keep Tune's
+    # "snapshotting may become a bottleneck" warning for setups where it means something.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    space = plan.space
+    storage.write_json(
+        storage.join(plan.experiment, EXPERIMENT_FILE),
+        {
+            "format": EXPERIMENT_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mammotune_version": tuner.__version__,
+            "space_file": plan.space_file,
+            "space": space.model_dump(mode="json"),
+            "data": plan.data,
+            "dataset_id": plan.dataset_id,
+            "study": {"storage": plan.study_storage, "name": posixpath.basename(plan.experiment)},
+            "metric": space.metric,
+            "mode": space.mode,
+            "max_epochs": plan.max_epochs,
+        },
+    )
+    name = posixpath.basename(plan.experiment)
+    searcher = OptunaSearch(
+        DefineByRun(space, plan.constants),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=optuna.samplers.TPESampler(
+            seed=space.seed, n_startup_trials=space.tpe.n_startup_trials
+        ),
+        study_name=name,
+        storage=optuna.storages.RDBStorage(plan.study_storage),
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=plan.max_epochs,
+        grace_period=min(space.asha.grace_period, plan.max_epochs),
+        reduction_factor=space.asha.reduction_factor,
+    )
+    filesystem, parent = storage.pyarrow_filesystem(posixpath.dirname(plan.experiment))
+    trainable = tune.with_resources(
+        train_trial, {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    )
+    tuner_ = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
+            scheduler=scheduler,
+            num_samples=space.trials,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=parent,
+            storage_filesystem=filesystem,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1,  # the best by the metric; Tune also keeps the latest
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=verbose,
+        ),
+    )
+    return tuner_.fit()

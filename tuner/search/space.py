@@ -1,0 +1,94 @@
+"""A search-space file as Optuna sees it: checked against the trial config, then compiled to
+a define-by-run function for ``OptunaSearch``.
+
+The define-by-run function only asks Optuna for values (Ray warns when it takes over a
+second); data loading and training belong in the trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from tuner.config import Categorical, SearchSpace
+from tuner.data.tasks import get_task
+from tuner.errors import UserError, unknown_choice
+from tuner.models.backbones import get_spec
+from tuner.training.config import SEARCHABLE, TrialConfig
+
+__all__ = ["check_space", "DefineByRun"]
+
+
+def _check_value(source: str, where: str, name: str, value: Any) -> None:
+    try:
+        TrialConfig.model_validate({name: value})
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UserError(f"{source}: {where}: {message}") from None
+    except UserError as exc:  # registry look-ups raise the user-facing error directly
+        raise UserError(f"{source}: {where}: {exc}") from None
+
+
+def check_space(space: SearchSpace, source: str = "search space") -> None:
+    """Check every setting and every choice of ``space`` before any trial starts.
+
+    Raises:
+        UserError: naming the file, the key and the allowed values.
+    """
+    try:
+        get_task(space.task)
+    except UserError as exc:
+        raise UserError(f"{source}: task: {exc}") from None
+    for section, names in (("fixed", space.fixed), ("space", space.space)):
+        for name in names:
+            if name not in SEARCHABLE:
+                raise UserError(f"{source}: {section}.{name}: {unknown_choice('setting', name, SEARCHABLE)}")
+    for name, value in space.fixed.items():
+        _check_value(source, f"fixed.{name}", name, value)
+    for name, dim in space.space.items():
+        if isinstance(dim, Categorical):
+            for i, choice in enumerate(dim.choices):
+                _check_value(source, f"space.{name}.choices[{i}]", name, choice)
+        else:
+            _check_value(source, f"space.{name}.low", name, dim.low)
+            _check_value(source, f"space.{name}.high", name, dim.high)
+
+    smallest = min(space.input_sizes())
+    for backbone in _values(space, "backbone", TrialConfig().backbone):
+        spec = get_spec(backbone)
+        if spec.min_size > smallest:
+            raise UserError(
+                f"{source}: backbone {backbone} needs inputs of at least {spec.min_size} px "
+                f"but input_size may be {smallest}; raise input_size or drop {backbone}"
+            )
+
+
+def _values(space: SearchSpace, name: str, default: Any) -> list[Any]:
+    dim = space.space.get(name)
+    if isinstance(dim, Categorical):
+        return list(dim.choices)
+    return [space.fixed.get(name, default)]
+
+
+class DefineByRun:
+    """Optuna define-by-run function for a space; returns the fixed settings.
+
+    A plain class (not a closure) so that Ray Tune can pickle the searcher with its state.
+    """
+
+    def __init__(self, space: SearchSpace, constants: dict[str, Any]):
+        self.dimensions = {name: dim.model_dump() for name, dim in space.space.items()}
+        self.constants = {**space.fixed, **constants}
+
+    def __call__(self, trial) -> dict[str, Any]:
+        for name, dim in self.dimensions.items():
+            if dim["type"] == "categorical":
+                trial.suggest_categorical(name, dim["choices"])
+            elif dim["type"] == "float":
+                trial.suggest_float(name, dim["low"], dim["high"], log=dim["log"])
+            else:
+                step = 1 if dim["log"] else dim["step"]
+                trial.suggest_int(name, dim["low"], dim["high"], step=step, log=dim["log"])
+        return dict(self.constants)
+

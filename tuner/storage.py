@@ -1,0 +1,105 @@
+"""URLs to filesystems: local paths, ``file://``, ``s3://``, ``gs://``, ``memory://``.
+
+Every stage reads and writes through these helpers, so a dataset or an experiment can live
+on a laptop disk or in a bucket without the stage knowing which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+__all__ = [
+    "normalize",
+    "filesystem",
+    "join",
+    "is_local",
+    "exists",
+    "read_bytes",
+    "write_bytes",
+    "read_json",
+    "write_json",
+    "pyarrow_filesystem",
+]
+
+
+def normalize(url: str) -> str:
+    """A canonical form of ``url``: local paths become absolute, ``file://`` is dropped."""
+    url = str(url)
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    return url.rstrip("/")
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` names the local filesystem."""
+    return "://" not in normalize(url)
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem behind ``url`` and the path inside it."""
+    return url_to_fs(normalize(url))
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL with ``/`` (also for local paths)."""
+    return posixpath.join(normalize(url), *parts)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` so that readers never see a partial file.
+
+    Object stores make a single PUT visible atomically; on a local disk the bytes go to a
+    temporary name in the same folder and are renamed into place.
+    """
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path)
+    if is_local(url):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def pyarrow_filesystem(url: str):
+    """A (pyarrow filesystem, path) pair for libraries that speak pyarrow (Ray Tune).
+
+    Local paths use pyarrow's own local filesystem; anything else is wrapped from fsspec so
+    that the same credentials and endpoint settings apply everywhere.
+    """
+    import pyarrow.fs as pafs
+
+    if is_local(url):
+        return pafs.LocalFileSystem(), normalize(url)
+    fs, path = filesystem(url)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

@@ -1,0 +1,1 @@
+"""Training: the trial configuration, the per-trial trainable, metrics and checkpoints."""

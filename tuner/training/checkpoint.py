@@ -1,0 +1,69 @@
+"""Checkpoints that stand alone: plain state dicts plus what is needed to rebuild and judge
+the model (model arguments, trial config, metrics, dataset id, version, seed).
+
+A checkpoint is a folder (or bucket prefix) holding ``state.pt`` and ``checkpoint.json``;
+``state.pt`` is read with ``torch.load(weights_only=True)``, so nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import torch
+
+from tuner import storage
+from tuner.errors import UserError
+from tuner.models.classifier import Classifier, ModelArgs, build_model
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "read_meta"]
+
+FORMAT = "mammotune-checkpoint/1"
+STATE, META = "state.pt", "checkpoint.json"
+
+
+def save_checkpoint(
+    directory: str, *, model: Classifier, optimizer: torch.optim.Optimizer | None, meta: dict
+) -> None:
+    """Write ``model`` (and ``optimizer``, for resuming) and ``meta`` into a local folder."""
+    os.makedirs(directory, exist_ok=True)
+    state = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, os.path.join(directory, STATE))
+    meta = {"format": FORMAT, "model_args": model.args.to_dict(), **meta}
+    with open(os.path.join(directory, META), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def read_meta(checkpoint: str) -> dict:
+    """The ``checkpoint.json`` of a checkpoint folder (local path or URL).
+
+    Raises:
+        UserError: not a mammotune checkpoint.
+    """
+    url = storage.join(checkpoint, META)
+    if not storage.exists(url):
+        raise UserError(f"{checkpoint} is not a mammotune checkpoint ({META} not found)")
+    meta = storage.read_json(url)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{url}: unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_checkpoint(checkpoint: str) -> tuple[Classifier, dict, dict]:
+    """Rebuild the model of a checkpoint.
+
+    Returns:
+        (model in eval mode, meta, the raw state with "model" and maybe "optimizer").
+    """
+    meta = read_meta(checkpoint)
+    data = storage.read_bytes(storage.join(checkpoint, STATE))
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses anything but tensors and plain data
+        raise UserError(f"{checkpoint}: {STATE} is not a plain state dict ({exc})") from exc
+    model = build_model(ModelArgs(**meta["model_args"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), meta, state

@@ -1,0 +1,163 @@
+"""The per-trial trainable: plain ``train_one_epoch`` / ``evaluate`` functions and the Ray
+Tune function trainable that streams shards, trains, and reports one metrics dict and one
+checkpoint per epoch (ASHA decides from those reports whether the trial goes on).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import DataLoader
+
+import tuner
+from tuner.data.stream import TileStream, default_augment, load_manifest, split_entry
+from tuner.data.tasks import get_task
+from tuner.models.classifier import ModelArgs, build_model
+from tuner.training.checkpoint import META, STATE, save_checkpoint
+from tuner.training.config import TrialConfig
+from tuner.training.metrics import binary_metrics
+
+__all__ = ["REPORTED_METRICS", "train_one_epoch", "evaluate", "class_weights", "train_trial"]
+
+# What each epoch reports: a search may optimise any of these.
+REPORTED_METRICS = (
+    "val_roc_auc",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_specificity",
+    "val_f1",
+    "train_loss",
+)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict:
+    """One pass over ``loader``; returns mean loss, images seen and images per second."""
+    model.train()
+    total, images, started = 0.0, 0, time.perf_counter()
+    for tiles, labels in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(tiles), labels)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(labels)
+        images += len(labels)
+    seconds = time.perf_counter() - started
+    return {"loss": total / max(images, 1), "images": images, "images_per_s": images / seconds}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> dict:
+    """Mean loss, labels and positive-class probabilities over ``loader``."""
+    model.eval()
+    total, labels, probabilities = 0.0, [], []
+    for tiles, target in loader:
+        logits = model(tiles)
+        total += loss_fn(logits, target).item() * len(target)
+        labels.append(target.numpy())
+        probabilities.append(torch.softmax(logits, dim=1)[:, -1].numpy())
+    labels_np = np.concatenate(labels) if labels else np.zeros(0, int)
+    return {
+        "loss": total / max(len(labels_np), 1),
+        "labels": labels_np,
+        "probabilities": np.concatenate(probabilities) if probabilities else np.zeros(0),
+    }
+
+
+def class_weights(setting: str | float, counts: list[int]) -> torch.Tensor | None:
+    """Loss weights per class: None, "balanced" (sklearn's inverse frequency) or a number
+    (the positive class's weight; the others weigh 1)."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        labels = np.repeat(np.arange(len(counts)), counts)
+        classes = np.arange(len(counts))
+        weights = compute_class_weight("balanced", classes=classes, y=labels)
+        return torch.tensor(weights, dtype=torch.float32)
+    weights = torch.ones(len(counts))
+    weights[-1] = float(setting)
+    return weights
+
+
+def _cpus() -> int:
+    import ray
+
+    try:
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except Exception:  # not inside a Ray worker
+        return max(1, torch.get_num_threads())
+
+
+def train_trial(config: dict) -> None:
+    """Ray Tune function trainable: one trial of the search."""
+    from ray import tune
+
+    cfg = TrialConfig.model_validate(config)
+    torch.set_num_threads(_cpus())
+    torch.manual_seed(cfg.seed)
+    manifest = load_manifest(cfg.data)
+    task = get_task(cfg.task)
+    counts = task.counts(split_entry(manifest, cfg.view, cfg.input_size, "train"))
+
+    args = ModelArgs(backbone=cfg.backbone, num_classes=len(task.classes), dropout=cfg.dropout)
+    model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg.class_weight, counts))
+
+    stream = dict(view=cfg.view, size=cfg.input_size, task=task)
+    train_set = TileStream(
+        cfg.data, manifest, split="train", shuffle=True, seed=cfg.seed,
+        augment=default_augment(), **stream,
+    )  # fmt: skip
+    val_set = TileStream(cfg.data, manifest, split="val", **stream)
+    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
+    train_loader = DataLoader(train_set, **loader)
+    val_loader = DataLoader(val_set, **loader)
+
+    start_epoch = 0
+    resumed = tune.get_checkpoint()
+    if resumed:
+        # A restarted trial (dead worker, resumed search) goes on from its last epoch.
+        with resumed.as_directory() as directory:
+            state = torch.load(f"{directory}/{STATE}", map_location="cpu", weights_only=True)
+            with open(f"{directory}/{META}") as f:
+                start_epoch = int(json.load(f)["epoch"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        trained = train_one_epoch(model, train_loader, loss_fn, optimizer)
+        validated = evaluate(model, val_loader, loss_fn)
+        scores = binary_metrics(validated["labels"], validated["probabilities"])
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": trained["loss"],
+            "val_loss": validated["loss"],
+            **{f"val_{name}": value for name, value in scores.items()},
+            "train_images_per_s": trained["images_per_s"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        meta = {
+            "mammotune_version": tuner.__version__,
+            "epoch": epoch + 1,
+            "seed": cfg.seed,
+            "config": cfg.model_dump(),
+            "metrics": metrics,
+            "task": {"name": task.name, "classes": list(task.classes)},
+            "dataset": {"id": manifest["id"], "params": manifest["params"]},
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(directory, model=model, optimizer=optimizer, meta=meta)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
