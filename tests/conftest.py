@@ -3,13 +3,11 @@ in-process Ray cluster per test session (all real, all local, nothing downloaded
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import tuner  # noqa: F401  (sets RAY_USAGE_STATS_ENABLED=0, NO_ALBUMENTATIONS_UPDATE=1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]

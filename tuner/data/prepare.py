@@ -167,7 +167,7 @@ def _process_chunk(row: dict, *, out: str, params_json: str) -> dict:
             skipped.append({"series": image["series"], "reason": f"unreadable image: {exc}"})
             continue
         for finding in image["findings"]:
-            label = f"{finding['roi_series'] or image['series']}"
+            label = finding["roi_series"] or image["series"]
             try:
                 mask, note = _read_mask(finding["roi_files"], pixels.shape)
             except Exception as exc:
