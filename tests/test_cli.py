@@ -36,15 +36,21 @@ def snapshot(folder):
 def test_unknown_backbone(tmp_path, prepared):
     space = tmp_path / "bad.yaml"
     space.write_text(BAD_BACKBONE)
-    result = run("search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp"))
-    assert_one_line_error(result, str(space), "unknown backbone 'resnet5'", "allowed:", "did you mean 'resnet50'")
+    result = run(
+        "search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp")
+    )
+    assert_one_line_error(
+        result, str(space), "unknown backbone 'resnet5'", "allowed:", "did you mean 'resnet50'"
+    )
     assert not (tmp_path / "exp").exists()
 
 
 def test_malformed_space_file(tmp_path, prepared):
     space = tmp_path / "broken.yaml"
     space.write_text("name: x\nspace:\n  dropout: {type: float, low: 0.1\n")
-    result = run("search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp"))
+    result = run(
+        "search", "--space", str(space), "--data", str(prepared), "--storage", str(tmp_path / "exp")
+    )
     assert_one_line_error(result, str(space), "not valid YAML")
 
 
@@ -59,7 +65,9 @@ def test_missing_or_empty_data(tmp_path, data):
 
 def test_prepare_into_a_folder_holding_another_dataset(tmp_path, prepared, synthetic_source):
     before = snapshot(prepared)
-    result = run("prepare", str(synthetic_source), str(prepared), "--sizes", "64", "--context-px", "150")
+    result = run(
+        "prepare", str(synthetic_source), str(prepared), "--sizes", "64", "--context-px", "150"
+    )
     assert_one_line_error(result, "already holds a different dataset", "choose a new output folder")
     assert snapshot(prepared) == before
 
@@ -83,12 +91,16 @@ def test_best_of_a_folder_without_an_experiment(tmp_path):
 
 
 def test_unknown_preset_lists_the_presets(tmp_path):
-    result = run("search", "--space", "quik", "--data", str(tmp_path), "--storage", str(tmp_path / "e"))
+    result = run(
+        "search", "--space", "quik", "--data", str(tmp_path), "--storage", str(tmp_path / "e")
+    )
     assert_one_line_error(result, "unknown search space 'quik'", "did you mean 'quick'")
 
 
 def test_help_lists_every_command():
-    result = subprocess.run([sys.executable, "-m", "tuner", "--help"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner", "--help"], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0
     for command in ("quickstart", "synth", "prepare", "search", "best"):
         assert command in result.stdout

@@ -8,7 +8,9 @@ from tuner.search.space import check_space
 PRODUCT_DIMENSIONS = {"backbone", "class_weight", "dropout", "input_size", "transfer"}
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_presets_load_and_check(path):
     space = load_space(path)
     check_space(space, str(path))
@@ -38,10 +40,19 @@ BASE = "name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18]}\n"
         ("name: t\nspace: [oops", "is not valid YAML"),
         ("- a\n- b\n", "expected a mapping"),
         (BASE + "trails: 3\n", "trails: unknown key; allowed: name, description"),
-        ("name: t\nspace:\n  dropout: {type: uniform, low: 0, high: 1}\n", "space.dropout: unknown dimension type"),
-        ("name: t\nspace:\n  dropout: {type: float, low: 0.5, high: 0.1}\n", "space.dropout: low (0.5) must be below high"),
+        (
+            "name: t\nspace:\n  dropout: {type: uniform, low: 0, high: 1}\n",
+            "space.dropout: unknown dimension type",
+        ),
+        (
+            "name: t\nspace:\n  dropout: {type: float, low: 0.5, high: 0.1}\n",
+            "space.dropout: low (0.5) must be below high",
+        ),
         ("name: t\nspace: {}\n", "space:"),
-        ("name: t\nspace:\n  lr: {type: float, low: 0.001, high: 0.01, lg: true}\n", "space.lr.lg: unknown key; allowed: type, low, high, log"),
+        (
+            "name: t\nspace:\n  lr: {type: float, low: 0.001, high: 0.01, lg: true}\n",
+            "space.lr.lg: unknown key; allowed: type, low, high, log",
+        ),
     ],
 )
 def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
@@ -55,16 +66,39 @@ def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n",
-         "space.backbone.choices[1]: unknown backbone 'resnet5'; allowed: densenet121"),
-        ("name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n", "did you mean"),
-        ("name: t\nspace:\n  transfer: {type: categorical, choices: [imagenet, imagenets]}\n", "unknown transfer 'imagenets'"),
+        (
+            "name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n",
+            "space.backbone.choices[1]: unknown backbone 'resnet5'; allowed: densenet121",
+        ),
+        (
+            "name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18, resnet5]}\n",
+            "did you mean",
+        ),
+        (
+            "name: t\nspace:\n  transfer: {type: categorical, choices: [imagenet, imagenets]}\n",
+            "unknown transfer 'imagenets'",
+        ),
         (BASE + "fixed: {optimizer: sgd}\n", "fixed.optimizer: unknown setting 'optimizer'"),
         (BASE + "fixed: {dropout: 1.5}\n", "fixed.dropout: dropout 1.5 must be in [0, 1)"),
         (BASE + "task: cancer\n", "task: unknown task 'cancer'"),
-        ("name: t\nspace:\n  class_weight: {type: categorical, choices: [none, heavy]}\n", "unknown class_weight 'heavy'"),
-        ("name: t\nfixed: {input_size: 48}\nspace:\n  backbone: {type: categorical, choices: [inception_v3]}\n",
-         "needs inputs of at least 75 px"),
+        (BASE + "metric: val_auc\n", "metric: unknown metric 'val_auc'; allowed: val_roc_auc"),
+        (
+            "name: t\nspace:\n  class_weight: {type: categorical, choices: [none, heavy]}\n",
+            "unknown class_weight 'heavy'",
+        ),
+        (
+            "name: t\nfixed: {input_size: 48}\n"
+            "space:\n  backbone: {type: categorical, choices: [inception_v3]}\n",
+            "needs inputs of at least 75 px",
+        ),
+        (
+            "name: t\nspace:\n  input_size: {type: float, low: 32, high: 64}\n",
+            "space.input_size: input_size is a whole number; use type: int",
+        ),
+        (
+            "name: t\nspace:\n  backbone: {type: int, low: 1, high: 3}\n",
+            "space.backbone: backbone takes type: categorical",
+        ),
     ],
 )
 def test_semantic_errors_name_the_key_and_allowed_values(tmp_path, text, message):

@@ -25,7 +25,9 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sizes") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of sizes"
+        ) from None
 
 
 def resolve_space(value: str) -> Path:
@@ -53,9 +55,15 @@ def cmd_synth(args) -> None:
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("rendering cases", total=None)
         summary = synthesize(
-            args.out, params, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            args.out,
+            params,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    verb = "already there (same settings), nothing written" if summary.get("reused") else f"written in {summary['seconds']}s"
+    verb = (
+        "already there (same settings), nothing written"
+        if summary.get("reused")
+        else f"written in {summary['seconds']}s"
+    )
     console.print(
         f"synthetic CBIS-DDSM at {args.out}: {summary['patients']} patients, "
         f"{summary['images']} images, {summary['abnormalities']} abnormalities "
@@ -68,9 +76,12 @@ def cmd_prepare(args) -> None:
     from tuner.data.prepare import PrepareParams, plan_prepare, run_prepare
 
     params = PrepareParams(
-        sizes=args.sizes, context_px=args.context_px, train_variants=args.train_variants,
-        val_fraction=args.val_fraction, seed=args.seed,
-    )  # fmt: skip
+        sizes=args.sizes,
+        context_px=args.context_px,
+        train_variants=args.train_variants,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
     plan = plan_prepare(args.source, args.out, params)  # every check, before Ray starts
     if plan.existing is None:
         console.print(f"{len(plan.chunks)} chunks of images to tile into {plan.out}")
@@ -96,7 +107,7 @@ def print_manifest(manifest: dict, out: str) -> None:
     leak = manifest["leakage"]
     console.print(
         f"patients in official train and test: {leak['patients_in_official_train_and_test']} "
-        f"(resolved: {leak['rule']}); patients in two splits now: {leak['patients_in_two_splits']}; "
+        f"(resolved: {leak['rule']}); in two splits now: {leak['patients_in_two_splits']}; "
         f"skipped inputs: {len(manifest['skipped'])}"
     )
 
@@ -108,9 +119,14 @@ def cmd_search(args) -> None:
 
     space_file = resolve_space(args.space)
     plan = plan_search(
-        load_space(space_file), space_file=str(space_file), data=args.data,
-        experiment=args.storage, weights_dir=args.weights, trials=args.trials, study=args.study,
-    )  # fmt: skip
+        load_space(space_file),
+        space_file=str(space_file),
+        data=args.data,
+        experiment=args.storage,
+        weights_dir=args.weights,
+        trials=args.trials,
+        study=args.study,
+    )
     dashboard = connect(args.address)
     console.print(
         f"search {plan.space.name}: {plan.space.trials} trials, up to {plan.space.max_concurrent} "
@@ -134,17 +150,30 @@ def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
         return board
     metric = board["metric"]
     table = Table(
-        "#", "trial", "status", "epochs", *board["dimensions"], metric,
-        "accuracy", "recall", "specificity", title=f"{board['experiment']}: best epoch of each trial",
-    )  # fmt: skip
+        "#",
+        "trial",
+        "status",
+        "epochs",
+        *board["dimensions"],
+        metric,
+        "accuracy",
+        "recall",
+        "specificity",
+        title=f"{board['experiment']}: best epoch of each trial",
+    )
     for rank, trial in enumerate(board["trials"], 1):
         best = trial["best"]
         table.add_row(
-            str(rank), trial["trial_id"], trial["status"], str(trial["epochs"]),
+            str(rank),
+            trial["trial_id"],
+            trial["status"],
+            str(trial["epochs"]),
             *(_short(trial["config"].get(d)) for d in board["dimensions"]),
-            _short(best.get(metric)), _short(best.get("val_accuracy")),
-            _short(best.get("val_recall")), _short(best.get("val_specificity")),
-        )  # fmt: skip
+            _short(best.get(metric)),
+            _short(best.get("val_accuracy")),
+            _short(best.get("val_recall")),
+            _short(best.get("val_specificity")),
+        )
     console.print(table)
     best = board["best"]
     if best is None:
@@ -197,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder or URL holding the four CSVs and the DICOM tree")
     p.add_argument("out", help="dataset folder or URL (file://, s3://, ...)")
     p.add_argument("--sizes", type=_sizes, default=(224,), help="tile sizes, e.g. 224,299")
-    p.add_argument("--context-px", type=int, default=598, help="tile side around a ROI in source pixels")
+    p.add_argument(
+        "--context-px", type=int, default=598, help="tile side around a ROI in source pixels"
+    )
     p.add_argument("--train-variants", type=int, default=4, help="random crops per training ROI")
     p.add_argument("--val-fraction", type=float, default=0.2, help="of training patients")
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,9 @@
 """Connecting to Ray: an in-process local cluster by default, a running cluster with
-``--address`` or ``RAY_ADDRESS``. Ray's token authentication stays on; a remote cluster's
-token is read as Ray documents it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``--address`` or ``RAY_ADDRESS``.
+
+Ray's token authentication stays on: a local cluster makes and uses its own token; for a
+cluster started with ``RAY_AUTH_MODE=token`` the client needs ``RAY_AUTH_MODE=token`` too,
+and reads the token as Ray documents it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
 ``~/.ray/auth_token``)."""
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def connect(address: str | None = None) -> str:
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]} "
-            "(check the address, and the token in RAY_AUTH_TOKEN)"
+            "(check the address; for a cluster with token authentication set "
+            "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         ) from None
     url = getattr(context, "dashboard_url", "") or ""
     return f"http://{url}" if url and not url.startswith("http") else url

@@ -125,14 +125,21 @@ class SearchSpace(_Strict):
             raise ValueError(f"{', '.join(both)} both fixed and searched; keep one")
         return self
 
+    def values(self, name: str, default: Any) -> list[Any]:
+        """Every value a categorical or fixed setting may take in this space."""
+        dim = self.space.get(name)
+        if isinstance(dim, Categorical):
+            return list(dim.choices)
+        if dim is not None:
+            raise ValueError(f"{name} is a range, not a list of values")
+        return [self.fixed.get(name, default)]
+
     def input_sizes(self) -> list[int]:
         """Every input size a trial of this space may ask for."""
         dim = self.space.get("input_size")
-        if dim is None:
-            return [int(self.fixed.get("input_size", 224))]
-        if isinstance(dim, Categorical):
-            return sorted({int(c) for c in dim.choices})
-        return list(range(dim.low, dim.high + 1, dim.step))
+        if isinstance(dim, IntRange):
+            return list(range(dim.low, dim.high + 1, dim.step))
+        return sorted({int(size) for size in self.values("input_size", 224)})
 
 
 def _location(error: dict) -> str:
@@ -156,7 +163,9 @@ def load_space(path: str | Path) -> SearchSpace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(
+            f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
     try:

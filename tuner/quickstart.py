@@ -81,9 +81,12 @@ def run_quickstart(
     t = time.perf_counter()
     space_file = resolve_space("quick")
     plan = plan_search(
-        load_space(space_file), space_file=str(space_file), data=str(data),
-        experiment=str(experiment), trials=trials,
-    )  # fmt: skip
+        load_space(space_file),
+        space_file=str(space_file),
+        data=str(data),
+        experiment=str(experiment),
+        trials=trials,
+    )
     console.print(
         f"{plan.space.trials} trials, {plan.space.max_concurrent} at a time, up to "
         f"{plan.max_epochs} epochs each; experiment at {experiment}"

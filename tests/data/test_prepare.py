@@ -19,7 +19,7 @@ def test_manifest_counts_match_the_shards(prepared):
     assert set(manifest["views"]["roi"]) == {str(s) for s in SIZES}
     for size, splits in manifest["views"]["roi"].items():
         assert set(splits) == {"train", "val", "test"}
-        for split, entry in splits.items():
+        for entry in splits.values():
             rows, pathology = 0, Counter()
             for shard in entry["shards"]:
                 data = (prepared / shard["path"]).read_bytes()
@@ -65,7 +65,9 @@ def test_rerun_does_nothing_and_other_params_are_refused(prepared, synthetic_sou
     again = prepare(str(synthetic_source), str(prepared), params)
     assert again["reused"] is True
     with pytest.raises(UserError, match="already holds a different dataset"):
-        prepare(str(synthetic_source), str(prepared), PrepareParams(sizes=(32,), context_px=CONTEXT_PX))
+        prepare(
+            str(synthetic_source), str(prepared), PrepareParams(sizes=(32,), context_px=CONTEXT_PX)
+        )
     assert {p: p.stat().st_mtime_ns for p in prepared.rglob("*")} == before
 
 

@@ -114,9 +114,12 @@ def test_lesion_classes_differ_in_the_published_cues():
         counts, sizes = [], []
         for seed in range(20):
             lesion = _phantom.render_calcifications(
-                np.random.default_rng(seed), malignant=malignant, radius=30, difficulty=0.3,
+                np.random.default_rng(seed),
+                malignant=malignant,
+                radius=30,
+                difficulty=0.3,
                 scale=0.25,
-            )  # fmt: skip
+            )
             binary = (lesion.intensity > 0.5 * lesion.intensity.max()).astype(np.uint8)
             n, _, stats, _ = cv2.connectedComponentsWithStats(binary)
             counts.append(n - 1)

@@ -36,12 +36,18 @@ def test_imagenet_weights_come_from_the_given_folder(tmp_path, name):
     state = reference.state_dict()
     if name == "densenet121":
         # torchvision's published DenseNet files use the old key names; write those.
-        for new_key, old_key in ((".norm1.", ".norm.1."), (".conv1.", ".conv.1."),
-                                 (".norm2.", ".norm.2."), (".conv2.", ".conv.2.")):  # fmt: skip
+        for new_key, old_key in (
+            (".norm1.", ".norm.1."),
+            (".conv1.", ".conv.1."),
+            (".norm2.", ".norm.2."),
+            (".conv2.", ".conv.2."),
+        ):
             state = {k.replace(new_key, old_key): v for k, v in state.items()}
     torch.save(state, tmp_path / imagenet_filename(name))
 
-    model = build_model(ModelArgs(name, num_classes=2), transfer="imagenet", weights_dir=str(tmp_path))
+    model = build_model(
+        ModelArgs(name, num_classes=2), transfer="imagenet", weights_dir=str(tmp_path)
+    )
     ours = dict(model.backbone.named_parameters())
     theirs = dict(reference.named_parameters())
     shared = [k for k in theirs if k in ours and ours[k].shape == theirs[k].shape]

@@ -38,7 +38,9 @@ def test_every_trial_reported_and_the_best_has_a_checkpoint(experiment, capsys):
     assert board["metric"] == "val_roc_auc"
     assert len(board["trials"]) == 3
     assert all(t["status"] in ("done", "stopped") for t in board["trials"])
-    assert {"backbone", "class_weight", "dropout", "input_size", "transfer"} <= set(board["dimensions"])
+    assert {"backbone", "class_weight", "dropout", "input_size", "transfer"} <= set(
+        board["dimensions"]
+    )
     best = board["best"]
     assert best["checkpoint"] and Path(best["checkpoint"]).is_dir()
     aucs = [t["best"]["val_roc_auc"] for t in board["trials"]]
@@ -55,9 +57,13 @@ def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, ca
     manifest = load_manifest(str(prepared))
     assert meta["dataset"]["id"] == manifest["id"]
     val = TileStream(
-        str(prepared), manifest, view="roi", size=config["input_size"], split="val",
+        str(prepared),
+        manifest,
+        view="roi",
+        size=config["input_size"],
+        split="val",
         task=TASKS[config["task"]],
-    )  # fmt: skip
+    )
     labels, probabilities = [], []
     with torch.no_grad():
         for tiles, target in DataLoader(val, batch_size=64):
@@ -69,14 +75,20 @@ def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, ca
 
 def test_the_optuna_study_holds_every_trial(experiment):
     search = json.loads((experiment / "search.json").read_text())
-    study = optuna.load_study(study_name=search["study"]["name"], storage=search["study"]["storage"])
+    study = optuna.load_study(
+        study_name=search["study"]["name"], storage=search["study"]["storage"]
+    )
     assert len(study.trials) == 3
-    assert {"backbone", "class_weight", "dropout", "input_size", "transfer", "lr"} == set(study.trials[0].params)
+    assert {"backbone", "class_weight", "dropout", "input_size", "transfer", "lr"} == set(
+        study.trials[0].params
+    )
 
 
 def test_a_second_search_into_the_same_folder_is_refused(experiment, prepared, capsys):
     before = sorted(p.stat().st_mtime_ns for p in experiment.rglob("*"))
-    code = main(["search", "--space", str(TINY), "--data", str(prepared), "--storage", str(experiment)])
+    code = main(
+        ["search", "--space", str(TINY), "--data", str(prepared), "--storage", str(experiment)]
+    )
     assert code == 2
     assert "already holds an experiment" in capsys.readouterr().err
     assert sorted(p.stat().st_mtime_ns for p in experiment.rglob("*")) == before

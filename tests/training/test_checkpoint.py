@@ -17,7 +17,12 @@ def test_checkpoint_rebuilds_the_exact_model(tmp_path):
     model(tiles).sum().backward()
     optimizer.step()
     model.eval()
-    save_checkpoint(str(tmp_path), model=model, optimizer=optimizer, meta={"epoch": 3, "metrics": {"val_roc_auc": 0.7}})
+    save_checkpoint(
+        str(tmp_path),
+        model=model,
+        optimizer=optimizer,
+        meta={"epoch": 3, "metrics": {"val_roc_auc": 0.7}},
+    )
 
     loaded, meta, state = load_checkpoint(str(tmp_path))
     assert meta["epoch"] == 3 and meta["model_args"]["dropout"] == 0.4

@@ -23,7 +23,9 @@ def test_training_learns_the_synthetic_task(prepared):
     manifest = load_manifest(str(prepared))
     task = TASKS["benign_vs_malignant"]
     common = dict(view="roi", size=SIZES[1], task=task)
-    train = TileStream(str(prepared), manifest, split="train", shuffle=True, augment=default_augment(), **common)
+    train = TileStream(
+        str(prepared), manifest, split="train", shuffle=True, augment=default_augment(), **common
+    )
     val = TileStream(str(prepared), manifest, split="val", **common)
     model = build_model(ModelArgs("small_vgg_bn", num_classes=2, dropout=0.1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -127,8 +127,11 @@ def render_mass(
     if malignant:
         amplitude = 0.26 * (1.0 - 0.55 * d)
         for k in range(3, 9):
-            outline += rng.uniform(0.3, 1.0) * amplitude / np.sqrt(k - 1) * np.cos(
-                k * theta + rng.uniform(0, 2 * np.pi)
+            outline += (
+                rng.uniform(0.3, 1.0)
+                * amplitude
+                / np.sqrt(k - 1)
+                * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
             )
         edge = radius * (0.10 + 0.05 * rng.random())
         spicules = int(round(rng.uniform(9, 18) * (1.0 - 0.6 * d)))

@@ -43,15 +43,37 @@ CSV_FILES = {
 }
 
 MASS_COLUMNS = [
-    "patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
-    "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
-    "image file path", "cropped image file path", "ROI mask file path",
-]  # fmt: skip
+    "patient_id",
+    "breast_density",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "mass shape",
+    "mass margins",
+    "assessment",
+    "pathology",
+    "subtlety",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+]
 CALC_COLUMNS = [
-    "patient_id", "breast density", "left or right breast", "image view", "abnormality id",
-    "abnormality type", "calc type", "calc distribution", "assessment", "pathology",
-    "subtlety", "image file path", "cropped image file path", "ROI mask file path",
-]  # fmt: skip
+    "patient_id",
+    "breast density",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "calc type",
+    "calc distribution",
+    "assessment",
+    "pathology",
+    "subtlety",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+]
 
 PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
 

@@ -181,10 +181,14 @@ def _process_chunk(row: dict, *, out: str, params_json: str) -> dict:
             variants = params.train_variants if chunk["split"] == "train" else 0
             for variant, by_size in enumerate(
                 roi_tiles(
-                    pixels, mask, context_px=params.context_px, sizes=params.sizes,
-                    variants=variants, rng=np.random.default_rng(seed),
+                    pixels,
+                    mask,
+                    context_px=params.context_px,
+                    sizes=params.sizes,
+                    variants=variants,
+                    rng=np.random.default_rng(seed),
                 )
-            ):  # fmt: skip
+            ):
                 for size, tile in by_size.items():
                     tiles[size].append(
                         {
@@ -278,10 +282,16 @@ def plan_prepare(source: str, out: str, params: PrepareParams = PrepareParams())
         json.dumps([FORMAT, fingerprint, params.to_json()]).encode()
     ).hexdigest()[:16]
     return PreparePlan(
-        source=cbis.root, out=out, params=params, dataset_id=dataset_id,
-        fingerprint=fingerprint, chunks=_chunks(images, params, dataset_id), skipped=skipped,
-        leakage=leakage, existing=_existing(out, dataset_id),
-    )  # fmt: skip
+        source=cbis.root,
+        out=out,
+        params=params,
+        dataset_id=dataset_id,
+        fingerprint=fingerprint,
+        chunks=_chunks(images, params, dataset_id),
+        skipped=skipped,
+        leakage=leakage,
+        existing=_existing(out, dataset_id),
+    )
 
 
 def run_prepare(plan: PreparePlan) -> dict:
@@ -345,7 +355,12 @@ def _manifest(plan: PreparePlan, results: list[dict]) -> dict:
                 .setdefault(str(record["size"]), {})
                 .setdefault(
                     record["split"],
-                    {"rows": 0, "pathology": Counter(), "abnormality_type": Counter(), "shards": []},
+                    {
+                        "rows": 0,
+                        "pathology": Counter(),
+                        "abnormality_type": Counter(),
+                        "shards": [],
+                    },
                 )
             )
             entry["rows"] += record["rows"]

@@ -72,7 +72,7 @@ def roi_tiles(
     side = tile_side(max(roi_h, roi_w), context_px)
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
     tiles = []
-    for index in range(max(1, variants)):
+    for _ in range(max(1, variants)):
         dy = dx = 0.0
         if variants:
             # Shift while keeping the ROI inside the tile.

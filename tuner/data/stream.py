@@ -140,7 +140,7 @@ class TileStream(IterableDataset):
                 table = shards.decode(f, columns=columns)
             tiles = shards.images(table)
             values = table.column(self.task.column).to_pylist()
-            for tile, value in zip(tiles, values):
+            for tile, value in zip(tiles, values, strict=True):
                 if value in self.task.mapping:
                     yield tile, self.task.mapping[value]
 

@@ -110,11 +110,14 @@ def _plan(params: SynthParams) -> list[_Case]:
                     low, high = (80, 220) if kind == "mass" else (60, 160)
                     case.findings.append(
                         _Finding(
-                            kind, abnormality_id, pathology, case_split,
+                            kind,
+                            abnormality_id,
+                            pathology,
+                            case_split,
                             radius=float(rng.uniform(low, high)) * params.scale,
                             shape_seed=int(rng.integers(2**31)),
                         )
-                    )  # fmt: skip
+                    )
                 cases.append(case)
     return cases
 
@@ -151,14 +154,19 @@ def _render_case(args: tuple[SynthParams, _Case, str]) -> list[dict]:
             malignant = finding.pathology == "MALIGNANT"
             if finding.kind == "mass":
                 lesion = _phantom.render_mass(
-                    shape_rng, malignant=malignant, radius=finding.radius,
+                    shape_rng,
+                    malignant=malignant,
+                    radius=finding.radius,
                     difficulty=params.difficulty,
-                )  # fmt: skip
+                )
             else:
                 lesion = _phantom.render_calcifications(
-                    shape_rng, malignant=malignant, radius=finding.radius,
-                    difficulty=params.difficulty, scale=params.scale,
-                )  # fmt: skip
+                    shape_rng,
+                    malignant=malignant,
+                    radius=finding.radius,
+                    difficulty=params.difficulty,
+                    scale=params.scale,
+                )
             # Keep lesions apart so that each ROI tile shows one finding.
             free = allowed.copy()
             for other in masks:
@@ -186,7 +194,7 @@ def _render_case(args: tuple[SynthParams, _Case, str]) -> list[dict]:
         full_path = f"{series}/{study}/{_uid(params, series, 'series')}/000000.dcm"
         _write(out, full_path, pixels, params, series, study, common, "full mammogram images")
 
-        for finding, mask in zip(case.findings, masks):
+        for finding, mask in zip(case.findings, masks, strict=True):
             roi = f"{series}_{finding.abnormality_id}"
             roi_study, roi_series = _uid(params, roi, "study"), _uid(params, roi, "series")
             ys, xs = np.nonzero(mask)
@@ -204,8 +212,28 @@ def _render_case(args: tuple[SynthParams, _Case, str]) -> list[dict]:
                 crop_name, mask_name = mask_name, crop_name
             folder = f"{roi}/{roi_study}/{roi_series}"
             roi_common = {**common, "PatientID": roi, "PatientName": roi}  # as in the real files
-            _write(out, f"{folder}/{crop_name}", crop, params, roi, roi_study, roi_common, "cropped images", roi_series)
-            _write(out, f"{folder}/{mask_name}", mask_pixels, params, roi, roi_study, roi_common, "ROI mask images", roi_series)  # fmt: skip
+            _write(
+                out,
+                f"{folder}/{crop_name}",
+                crop,
+                params,
+                roi,
+                roi_study,
+                roi_common,
+                "cropped images",
+                roi_series,
+            )
+            _write(
+                out,
+                f"{folder}/{mask_name}",
+                mask_pixels,
+                params,
+                roi,
+                roi_study,
+                roi_common,
+                "ROI mask images",
+                roi_series,
+            )
             # ... and the CSV columns do not always point at the right one either.
             listed_crop, listed_mask = f"{folder}/{crop_name}", f"{folder}/{mask_name}"
             if rng.random() < 0.1:

@@ -67,8 +67,10 @@ def _strip_inception(model: nn.Module) -> int:
 
 def _strip_classifier(model: nn.Module) -> int:
     head = model.classifier
-    first = head if isinstance(head, nn.Linear) else next(
-        m for m in head.modules() if isinstance(m, nn.Linear)
+    first = (
+        head
+        if isinstance(head, nn.Linear)
+        else next(m for m in head.modules() if isinstance(m, nn.Linear))
     )
     model.classifier = nn.Identity()
     return first.in_features
@@ -90,9 +92,16 @@ def _adapt_input_conv(model: nn.Module, in_chans: int) -> None:
         for child_name, conv in parent.named_children():
             if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
                 new = nn.Conv2d(
-                    in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                )  # fmt: skip
+                    in_chans,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    conv.groups,
+                    conv.bias is not None,
+                    conv.padding_mode,
+                )
                 with torch.no_grad():
                     weight = conv.weight.sum(dim=1, keepdim=True)
                     new.weight.copy_(weight.repeat(1, in_chans, 1, 1) / in_chans)
@@ -153,9 +162,12 @@ for _name, _strip, _min, _published in (
     # slow scipy initialisation (PyTorch's default init is used, or the given weights).
     _extra = {"transform_input": False, "init_weights": False} if _name == "inception_v3" else {}
     register_backbone(
-        _name, _torchvision(_name, _strip, **_extra), min_size=_min, published=_published,
+        _name,
+        _torchvision(_name, _strip, **_extra),
+        min_size=_min,
+        published=_published,
         imagenet=True,
-    )  # fmt: skip
+    )
 register_backbone("small_vgg_bn", _small_vgg_bn, min_size=16)
 
 

@@ -17,7 +17,13 @@ from tuner import storage
 from tuner.errors import UserError
 from tuner.models.backbones import get_spec
 
-__all__ = ["TRANSFERS", "imagenet_filename", "imagenet_url", "load_imagenet_state"]
+__all__ = [
+    "TRANSFERS",
+    "imagenet_filename",
+    "imagenet_url",
+    "find_imagenet_weights",
+    "load_imagenet_state",
+]
 
 # Transfer-learning degrees. Issue 4 adds the mini-MIAS ones (published degrees a and b).
 TRANSFERS = {
@@ -50,11 +56,11 @@ def imagenet_filename(backbone: str) -> str:
     return posixpath.basename(imagenet_url(backbone))
 
 
-def load_imagenet_state(backbone: str, weights_dir: str | None) -> dict[str, torch.Tensor]:
-    """Read the ImageNet state dict of ``backbone`` from ``weights_dir`` (weights only).
+def find_imagenet_weights(backbone: str, weights_dir: str | None) -> str:
+    """The URL of ``backbone``'s ImageNet file in ``weights_dir``, checked to exist.
 
     Raises:
-        UserError: no folder given or the file is not there.
+        UserError: no folder given, no ImageNet weights for this backbone, or no file there.
     """
     name = imagenet_filename(backbone)
     if not weights_dir:
@@ -68,6 +74,12 @@ def load_imagenet_state(backbone: str, weights_dir: str | None) -> dict[str, tor
             f"ImageNet weights for {backbone} not found at {url}; "
             f"download {imagenet_url(backbone)} into {storage.normalize(weights_dir)}"
         )
+    return url
+
+
+def load_imagenet_state(backbone: str, weights_dir: str | None) -> dict[str, torch.Tensor]:
+    """Read the ImageNet state dict of ``backbone`` from ``weights_dir`` (weights only)."""
+    url = find_imagenet_weights(backbone, weights_dir)
     state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
     if backbone.startswith("densenet"):
         state = {_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}

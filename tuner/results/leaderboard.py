@@ -101,8 +101,14 @@ def leaderboard(experiment: str) -> dict:
                 "status": _status(status, len(epochs), max_epochs),
                 "epochs": len(epochs),
                 "config": {k: v for k, v in config.items() if k in meta["space"]["space"]},
-                "best": {k: v for k, v in (best_epoch or {}).items() if k.startswith(("val_", "train_loss", "epoch"))},
-                "checkpoint": storage.join(experiment, posixpath.relpath(checkpoint, path)) if checkpoint else None,
+                "best": {
+                    k: v
+                    for k, v in (best_epoch or {}).items()
+                    if k.startswith(("val_", "train_loss", "epoch"))
+                },
+                "checkpoint": storage.join(experiment, posixpath.relpath(checkpoint, path))
+                if checkpoint
+                else None,
             }
         )
     ranked = sorted(

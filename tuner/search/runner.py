@@ -17,12 +17,12 @@ import tuner
 from tuner import storage
 from tuner.config import Categorical, SearchSpace
 from tuner.data.stream import load_manifest, split_entry
-from tuner.errors import UserError, unknown_choice
-from tuner.models.weights import load_imagenet_state
+from tuner.errors import UserError
+from tuner.models.weights import find_imagenet_weights
 from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT
 from tuner.search.space import DefineByRun, check_space
 from tuner.training.config import TrialConfig
-from tuner.training.trainable import REPORTED_METRICS, train_trial
+from tuner.training.trainable import train_trial
 
 __all__ = ["SearchPlan", "plan_search", "run_search"]
 
@@ -76,8 +76,6 @@ def plan_search(
             metric, or an experiment location that already holds something.
     """
     check_space(space, space_file)
-    if space.metric not in REPORTED_METRICS:
-        raise UserError(f"{space_file}: metric: {unknown_choice('metric', space.metric, REPORTED_METRICS)}")
     if trials is not None:
         space = space.model_copy(update={"trials": trials})
     manifest = load_manifest(data)
@@ -85,13 +83,9 @@ def plan_search(
         for split in ("train", "val"):
             split_entry(manifest, space.view, size, split)
 
-    transfers = space.space.get("transfer")
-    choices = transfers.choices if isinstance(transfers, Categorical) else [space.fixed.get("transfer")]
-    if "imagenet" in choices:
-        backbones = space.space.get("backbone")
-        names = backbones.choices if isinstance(backbones, Categorical) else [space.fixed.get("backbone", TrialConfig().backbone)]
-        for name in names:
-            load_imagenet_state(name, weights_dir)
+    if "imagenet" in space.values("transfer", TrialConfig().transfer):
+        for name in space.values("backbone", TrialConfig().backbone):
+            find_imagenet_weights(name, weights_dir)
 
     if not experiment:
         raise UserError("no experiment location given; pass --storage with a folder or bucket URL")

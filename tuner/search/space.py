@@ -11,11 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuner.config import Categorical, SearchSpace
+from tuner.config import Categorical, FloatRange, SearchSpace
 from tuner.data.tasks import get_task
 from tuner.errors import UserError, unknown_choice
 from tuner.models.backbones import get_spec
-from tuner.training.config import SEARCHABLE, TrialConfig
+from tuner.training.config import CATEGORICAL_ONLY, SEARCHABLE, WHOLE_NUMBERS, TrialConfig
+from tuner.training.trainable import REPORTED_METRICS
 
 __all__ = ["check_space", "DefineByRun"]
 
@@ -40,13 +41,23 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
         get_task(space.task)
     except UserError as exc:
         raise UserError(f"{source}: task: {exc}") from None
+    if space.metric not in REPORTED_METRICS:
+        raise UserError(
+            f"{source}: metric: {unknown_choice('metric', space.metric, REPORTED_METRICS)}"
+        )
     for section, names in (("fixed", space.fixed), ("space", space.space)):
         for name in names:
             if name not in SEARCHABLE:
-                raise UserError(f"{source}: {section}.{name}: {unknown_choice('setting', name, SEARCHABLE)}")
+                raise UserError(
+                    f"{source}: {section}.{name}: {unknown_choice('setting', name, SEARCHABLE)}"
+                )
     for name, value in space.fixed.items():
         _check_value(source, f"fixed.{name}", name, value)
     for name, dim in space.space.items():
+        if name in CATEGORICAL_ONLY and not isinstance(dim, Categorical):
+            raise UserError(f"{source}: space.{name}: {name} takes type: categorical")
+        if name in WHOLE_NUMBERS and isinstance(dim, FloatRange):
+            raise UserError(f"{source}: space.{name}: {name} is a whole number; use type: int")
         if isinstance(dim, Categorical):
             for i, choice in enumerate(dim.choices):
                 _check_value(source, f"space.{name}.choices[{i}]", name, choice)
@@ -55,20 +66,13 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
             _check_value(source, f"space.{name}.high", name, dim.high)
 
     smallest = min(space.input_sizes())
-    for backbone in _values(space, "backbone", TrialConfig().backbone):
+    for backbone in space.values("backbone", TrialConfig().backbone):
         spec = get_spec(backbone)
         if spec.min_size > smallest:
             raise UserError(
                 f"{source}: backbone {backbone} needs inputs of at least {spec.min_size} px "
                 f"but input_size may be {smallest}; raise input_size or drop {backbone}"
             )
-
-
-def _values(space: SearchSpace, name: str, default: Any) -> list[Any]:
-    dim = space.space.get(name)
-    if isinstance(dim, Categorical):
-        return list(dim.choices)
-    return [space.fixed.get(name, default)]
 
 
 class DefineByRun:
@@ -91,4 +95,3 @@ class DefineByRun:
                 step = 1 if dim["log"] else dim["step"]
                 trial.suggest_int(name, dim["low"], dim["high"], step=step, log=dim["log"])
         return dict(self.constants)
-

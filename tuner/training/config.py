@@ -15,7 +15,7 @@ from tuner.errors import unknown_choice
 from tuner.models.backbones import get_spec
 from tuner.models.weights import TRANSFERS
 
-__all__ = ["TrialConfig", "CLASS_WEIGHTS", "SEARCHABLE"]
+__all__ = ["TrialConfig", "CLASS_WEIGHTS", "SEARCHABLE", "CATEGORICAL_ONLY", "WHOLE_NUMBERS"]
 
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -31,6 +31,10 @@ SEARCHABLE = (
     "batch_size",
     "epochs",
 )
+
+# Settings a space may only list (names), and settings that are whole numbers.
+CATEGORICAL_ONLY = ("backbone", "class_weight", "transfer")
+WHOLE_NUMBERS = ("input_size", "batch_size", "epochs")
 
 
 class TrialConfig(BaseModel):
@@ -60,7 +64,7 @@ class TrialConfig(BaseModel):
     @field_validator("backbone")
     @classmethod
     def _backbone(cls, value: str) -> str:
-        get_spec(value).name  # raises with the allowed names
+        get_spec(value)  # raises a UserError listing the registered names
         return value
 
     @field_validator("transfer")

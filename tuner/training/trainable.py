@@ -115,9 +115,14 @@ def train_trial(config: dict) -> None:
 
     stream = dict(view=cfg.view, size=cfg.input_size, task=task)
     train_set = TileStream(
-        cfg.data, manifest, split="train", shuffle=True, seed=cfg.seed,
-        augment=default_augment(), **stream,
-    )  # fmt: skip
+        cfg.data,
+        manifest,
+        split="train",
+        shuffle=True,
+        seed=cfg.seed,
+        augment=default_augment(),
+        **stream,
+    )
     val_set = TileStream(cfg.data, manifest, split="val", **stream)
     loader = dict(batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
     train_loader = DataLoader(train_set, **loader)
@@ -160,4 +165,3 @@ def train_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(directory, model=model, optimizer=optimizer, meta=meta)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
