@@ -31,7 +31,7 @@ def ray_local():
     """A real in-process Ray cluster with the machine's 2 CPUs, shut down at the end."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

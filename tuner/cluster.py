@@ -24,7 +24,9 @@ def connect(address: str | None = None) -> str:
         return ""
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        context = ray.init(address=address, logging_level=logging.WARNING)
+        # "local" starts a new in-process cluster even when `ray start` left one (or a stale
+        # record of one) on this machine: a cluster is joined only when asked for.
+        context = ray.init(address=address or "local", logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]} "

@@ -28,7 +28,7 @@ def test_training_learns_the_synthetic_task(prepared):
     )
     val = TileStream(str(prepared), manifest, split="val", **common)
     model = build_model(ModelArgs("small_vgg_bn", num_classes=2, dropout=0.1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(8):
         train.set_epoch(epoch)
@@ -37,4 +37,6 @@ def test_training_learns_the_synthetic_task(prepared):
     result = evaluate(model, DataLoader(val, batch_size=64), loss_fn)
     assert len(result["labels"]) == len(val)
     assert np.all((result["probabilities"] >= 0) & (result["probabilities"] <= 1))
-    assert binary_metrics(result["labels"], result["probabilities"])["roc_auc"] > 0.75
+    auc = binary_metrics(result["labels"], result["probabilities"])["roc_auc"]
+    print(f"validation ROC AUC after 8 epochs: {auc:.3f}")
+    assert auc > 0.75

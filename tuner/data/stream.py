@@ -90,7 +90,8 @@ class TileStream(IterableDataset):
         task: which label to yield.
         shuffle: shuffle shard order and rows (through a buffer of ``buffer_size`` tiles).
         seed: base of the shuffle; :meth:`set_epoch` varies it per epoch.
-        augment: an albumentations transform applied to each uint8 tile, or None.
+        augment: an albumentations ``Compose`` applied to each uint8 tile, or None; it is
+            reseeded from ``seed``, the epoch and the worker at every pass.
     """
 
     def __init__(
@@ -147,6 +148,10 @@ class TileStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, worker.id if worker else 0, 1])
+        if self.augment is not None:
+            # Reproducible, and different per epoch and per DataLoader worker (each worker
+            # holds a copy of the transform, which would otherwise repeat the same draws).
+            self.augment.set_random_seed(int(rng.integers(2**31)))
         buffer: list[tuple[np.ndarray, int]] = []
         rows = self._rows()
         for row in rows:
