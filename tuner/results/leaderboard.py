@@ -38,12 +38,54 @@ def _read_lines(fs, path: str) -> list[dict]:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
-def _better(a: float, b: float, mode: str) -> bool:
-    if b is None or (isinstance(b, float) and math.isnan(b)):
-        return True
-    if a is None or (isinstance(a, float) and math.isnan(a)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _better(a, b, mode: str) -> bool:
+    """Whether metric value ``a`` beats ``b`` (a missing or NaN value never wins)."""
+    if _missing(a):
         return False
-    return a > b if mode == "max" else a < b
+    return _missing(b) or (a > b if mode == "max" else a < b)
+
+
+def _best(items, key, mode: str):
+    best = None
+    for item in items:
+        if best is None or _better(key(item), key(best), mode):
+            best = item
+    return best
+
+
+def _read_json(fs, path: str):
+    with fs.open(path, "rb") as f:
+        return json.load(f)
+
+
+def _read_trial(fs, folder: str, meta: dict, state: str) -> dict:
+    metric, mode = meta["metric"], meta["mode"]
+    config = _read_json(fs, f"{folder}/params.json") if fs.exists(f"{folder}/params.json") else {}
+    epochs = _read_lines(fs, f"{folder}/result.json")
+    best_epoch = _best(epochs, lambda row: row.get(metric), mode) or {}
+    # Tune keeps the best checkpoint by the metric and the latest; rank what is there.
+    checkpoints = []
+    for sub in sorted(fs.ls(folder, detail=False)):
+        if posixpath.basename(sub.rstrip("/")).startswith("checkpoint_"):
+            if fs.exists(f"{sub}/checkpoint.json"):
+                checkpoints.append((sub, _read_json(fs, f"{sub}/checkpoint.json")["metrics"]))
+    checkpoint = _best(checkpoints, lambda item: item[1].get(metric), mode)
+    if fs.exists(f"{folder}/error.txt"):
+        state = "ERROR"
+    return {
+        "trial_id": posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
+        "status": _status(state, len(epochs), meta["max_epochs"]),
+        "epochs": len(epochs),
+        "config": {k: v for k, v in config.items() if k in meta["space"]["space"]},
+        "best": {
+            k: v for k, v in best_epoch.items() if k.startswith(("val_", "train_loss", "epoch"))
+        },
+        "checkpoint": checkpoint[0] if checkpoint else None,
+    }
 
 
 def leaderboard(experiment: str) -> dict:
@@ -65,71 +107,33 @@ def leaderboard(experiment: str) -> dict:
             "give the --storage location of a search"
         )
     meta = storage.read_json(meta_url)
-    metric, mode, max_epochs = meta["metric"], meta["mode"], meta["max_epochs"]
     fs, path = storage.filesystem(experiment)
     states = _trial_states(fs, path)
     trials = []
     for folder in sorted(fs.ls(path, detail=False)):
         name = posixpath.basename(folder.rstrip("/"))
-        if not name.startswith("trial_") or not fs.isdir(folder):
-            continue
-        trial_id = name.removeprefix("trial_")
-        config = {}
-        if fs.exists(f"{folder}/params.json"):
-            with fs.open(f"{folder}/params.json", "rb") as f:
-                config = json.load(f)
-        epochs = _read_lines(fs, f"{folder}/result.json")
-        best_epoch = None
-        for row in epochs:
-            if best_epoch is None or _better(row.get(metric), best_epoch.get(metric), mode):
-                best_epoch = row
-        checkpoint, checkpoint_value = None, None
-        for sub in sorted(fs.ls(folder, detail=False)):
-            if posixpath.basename(sub.rstrip("/")).startswith("checkpoint_"):
-                ckpt_meta = f"{sub}/checkpoint.json"
-                if fs.exists(ckpt_meta):
-                    with fs.open(ckpt_meta, "rb") as f:
-                        value = json.load(f)["metrics"].get(metric)
-                    if checkpoint is None or _better(value, checkpoint_value, mode):
-                        checkpoint, checkpoint_value = sub, value
-        status = states.get(trial_id, "UNKNOWN")
-        if fs.exists(f"{folder}/error.txt"):
-            status = "ERROR"
-        trials.append(
-            {
-                "trial_id": trial_id,
-                "status": _status(status, len(epochs), max_epochs),
-                "epochs": len(epochs),
-                "config": {k: v for k, v in config.items() if k in meta["space"]["space"]},
-                "best": {
-                    k: v
-                    for k, v in (best_epoch or {}).items()
-                    if k.startswith(("val_", "train_loss", "epoch"))
-                },
-                "checkpoint": storage.join(experiment, posixpath.relpath(checkpoint, path))
-                if checkpoint
-                else None,
-            }
-        )
-    ranked = sorted(
-        trials,
-        key=lambda t: _sort_key(t["best"].get(metric), mode),
-    )
-    best = next((t for t in ranked if t["checkpoint"]), None)
+        if name.startswith("trial_") and fs.isdir(folder):
+            trial = _read_trial(fs, folder, meta, states.get(name.removeprefix("trial_"), ""))
+            if trial["checkpoint"]:
+                relative = posixpath.relpath(trial["checkpoint"], path)
+                trial["checkpoint"] = storage.join(experiment, relative)
+            trials.append(trial)
+    metric, mode = meta["metric"], meta["mode"]
+
+    def rank(trial):
+        value = trial["best"].get(metric)
+        return (_missing(value), 0.0 if _missing(value) else (-value if mode == "max" else value))
+
+    ranked = sorted(trials, key=rank)
     return {
         "experiment": experiment,
         "metric": metric,
         "mode": mode,
-        "max_epochs": max_epochs,
+        "max_epochs": meta["max_epochs"],
         "dimensions": list(meta["space"]["space"]),
         "trials": ranked,
-        "best": best,
+        "best": next((t for t in ranked if t["checkpoint"]), None),
     }
-
-
-def _sort_key(value, mode: str):
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return (missing, 0.0 if missing else (-value if mode == "max" else value))
 
 
 def _status(tune_status: str, epochs: int, max_epochs: int) -> str:
@@ -137,6 +141,5 @@ def _status(tune_status: str, epochs: int, max_epochs: int) -> str:
     before the last epoch."""
     if tune_status == "TERMINATED":
         return "done" if epochs >= max_epochs else "stopped"
-    return {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(
-        tune_status, tune_status.lower()
-    )
+    names = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
+    return names.get(tune_status, tune_status.lower() or "unknown")
