@@ -20,6 +20,8 @@ __all__ = [
     "filesystem",
     "join",
     "is_local",
+    "is_process_local",
+    "check_location",
     "exists",
     "read_bytes",
     "write_bytes",
@@ -44,9 +46,47 @@ def is_local(url: str) -> bool:
     return "://" not in normalize(url)
 
 
+def is_process_local(url: str) -> bool:
+    """Whether ``url`` lives in this process only (``memory://``): Ray workers cannot see it."""
+    return normalize(url).startswith("memory://")
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem behind ``url`` and the path inside it."""
+    """The fsspec filesystem behind ``url`` and the path inside it.
+
+    S3-compatible stores other than AWS are reached through ``AWS_ENDPOINT_URL`` (read by
+    botocore, so Ray workers that inherit the environment use the same endpoint);
+    credentials come from the environment or an instance role, never from a URL.
+    """
     return url_to_fs(normalize(url))
+
+
+def check_location(url: str, *, must_exist: bool = False) -> None:
+    """Fail early, with one clear line, when ``url`` cannot be used: its bucket does not
+    exist, access is denied, or (``must_exist``) nothing is there.
+
+    Raises:
+        UserError: naming the URL and the fix.
+    """
+    from tuner.errors import UserError
+
+    fs, path = filesystem(url)
+    try:
+        if not is_local(url) and not is_process_local(url):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise UserError(
+                    f"bucket {bucket!r} of {normalize(url)} does not exist (or is not visible "
+                    "with these credentials); create it first or check the URL"
+                )
+        if must_exist and not fs.exists(path):
+            raise UserError(f"{normalize(url)} does not exist")
+    except PermissionError as exc:
+        raise UserError(
+            f"access denied to {normalize(url)} ({str(exc).splitlines()[0]}); check the "
+            "credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE) or the instance role"
+        ) from None
 
 
 def join(url: str, *parts: str) -> str:
