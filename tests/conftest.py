@@ -1,8 +1,15 @@
-"""Shared fixtures: one small synthetic CBIS-DDSM download, one prepared dataset and one
-in-process Ray cluster per test session (all real, all local, nothing downloaded)."""
+"""Shared fixtures: small synthetic datasets, a prepared dataset, an in-process Ray cluster
+and a real S3-protocol server on loopback (moto's standalone server) — all real, all local,
+nothing downloaded."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +23,73 @@ REPO = Path(__file__).resolve().parents[1]
 # small network learns the task at 48 px in a few CPU epochs (32 px is too coarse to learn).
 SYNTH = dict(patients=80, seed=7, difficulty=0.2, scale=0.25)
 SIZES = (32, 48)
+WHOLE_SIZES = (64,)
 CONTEXT_PX = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3 endpoint and test credentials are set before anything starts Ray, so that Ray
+# workers inherit them, as they would inherit a user's environment. Child processes that
+# import this module again (spawned readers) keep their parent's port.
+S3_PORT = int(os.environ.setdefault("MAMMOTUNE_TEST_S3_PORT", str(_free_port())))
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
+os.environ["AWS_ACCESS_KEY_ID"] = "mammotune-test"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "mammotune-test-secret"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.pop("AWS_PROFILE", None)
+# Shard caches of this session in its own folder, not the user's.
+os.environ.setdefault(
+    "MAMMOTUNE_CACHE_DIR",
+    str(Path(os.environ.get("TMPDIR", "/tmp")) / f"mammotune-test-cache-{os.getpid()}"),
+)
+
+
+def start_moto(port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """moto's standalone S3 server on loopback; returns once it answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The S3-protocol server every s3:// URL of the session goes to; yields its log file."""
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    process = start_moto(S3_PORT, log)
+    yield log
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket on the loopback S3 server: ``s3://<name>``."""
+    import fsspec
+
+    name = (
+        "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    )
+    fs = fsspec.filesystem("s3")
+    if not fs.exists(name):
+        fs.mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")
@@ -45,14 +118,24 @@ def synthetic_source(tmp_path_factory) -> Path:
     return out
 
 
+def prepare_params(**overrides):
+    from tuner.data.prepare import PrepareParams
+
+    options = dict(
+        views=("roi", "whole"),
+        sizes=SIZES,
+        whole_sizes=WHOLE_SIZES,
+        context_px=CONTEXT_PX,
+        train_variants=3,
+        val_fraction=0.25,
+    )
+    return PrepareParams(**{**options, **overrides})
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, synthetic_source, ray_local) -> Path:
-    from tuner.data.prepare import PrepareParams, prepare
+    from tuner.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "dataset"
-    prepare(
-        str(synthetic_source),
-        str(out),
-        PrepareParams(sizes=SIZES, context_px=CONTEXT_PX, train_variants=3, val_fraction=0.25),
-    )
+    prepare(str(synthetic_source), str(out), prepare_params())
     return out

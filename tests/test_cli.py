@@ -75,7 +75,7 @@ def test_prepare_into_a_folder_holding_another_dataset(tmp_path, prepared, synth
 def test_prepare_from_a_folder_that_is_not_cbis_ddsm(tmp_path):
     (tmp_path / "src").mkdir()
     result = run("prepare", str(tmp_path / "src"), str(tmp_path / "out"))
-    assert_one_line_error(result, "is not a CBIS-DDSM folder")
+    assert_one_line_error(result, "is neither a CBIS-DDSM folder", "nor a mini-MIAS folder")
 
 
 def test_synth_into_a_used_folder(tmp_path):

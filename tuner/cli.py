@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def _sizes(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def resolve_space(value: str) -> Path:
     """A space file path, or the name of a preset in search_spaces/ ("quick")."""
     path = Path(value)
@@ -50,10 +55,15 @@ def cmd_synth(args) -> None:
     from tuner.data.synthetic import SynthParams, synthesize
 
     params = SynthParams(
-        patients=args.patients, seed=args.seed, difficulty=args.difficulty, scale=args.scale
+        patients=args.patients,
+        seed=args.seed,
+        difficulty=args.difficulty,
+        scale=args.scale,
+        format=args.format,
+        layout=args.layout,
     )
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("rendering cases", total=None)
+        task = progress.add_task("rendering images", total=None)
         summary = synthesize(
             args.out,
             params,
@@ -65,7 +75,7 @@ def cmd_synth(args) -> None:
         else f"written in {summary['seconds']}s"
     )
     console.print(
-        f"synthetic CBIS-DDSM at {args.out}: {summary['patients']} patients, "
+        f"synthetic {args.format} at {args.out}: {summary['patients']} patients, "
         f"{summary['images']} images, {summary['abnormalities']} abnormalities "
         f"({summary['malignant']} malignant); {verb}"
     )
@@ -76,15 +86,24 @@ def cmd_prepare(args) -> None:
     from tuner.data.prepare import PrepareParams, plan_prepare, run_prepare
 
     params = PrepareParams(
+        views=args.views,
         sizes=args.sizes,
+        whole_sizes=args.whole_sizes,
+        enhance=args.enhance,
         context_px=args.context_px,
         train_variants=args.train_variants,
+        tissue_tiles=args.tissue_tiles,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         seed=args.seed,
     )
-    plan = plan_prepare(args.source, args.out, params)  # every check, before Ray starts
+    plan = plan_prepare(args.source, args.out, params, kind=args.source_kind)  # before Ray
     if plan.existing is None:
-        console.print(f"{len(plan.chunks)} chunks of images to tile into {plan.out}")
+        images = sum(len(c["images"]) for c in plan.chunks)
+        console.print(
+            f"{plan.kind} at {plan.source}: {images} images in {len(plan.chunks)} chunks -> "
+            f"{plan.out}" + (f" ({len(plan.skipped)} inputs skipped)" if plan.skipped else "")
+        )
         connect(args.address)
     print_manifest(run_prepare(plan), args.out)
 
@@ -96,20 +115,25 @@ def print_manifest(manifest: dict, out: str) -> None:
         console.print(f"{out} already holds this dataset (id {manifest['id']}); nothing to do")
     else:
         console.print(f"prepared dataset {manifest['id']} at {out} in {manifest['seconds']}s")
-    table = Table("view-size", "split", "tiles", "pathology", "patients")
-    for view, sizes in manifest["views"].items():
-        for size, splits in sorted(sizes.items(), key=lambda kv: int(kv[0])):
-            for split, entry in splits.items():
-                counts = ", ".join(f"{k.lower()} {v}" for k, v in entry["pathology"].items())
-                patients = manifest["splits"][split]["patients"]
-                table.add_row(f"{view}-{size}", split, str(entry["rows"]), counts, str(patients))
+    table = Table("tiles", "split", "rows", "pathology", "lesion / tissue", "patients")
+    for key, kind in manifest["tiles"].items():
+        for split, entry in kind["splits"].items():
+            counts = ", ".join(f"{k.lower()} {v}" for k, v in entry["pathology"].items())
+            lesions = f"{entry['lesion'].get('lesion', 0)} / {entry['lesion'].get('tissue', 0)}"
+            patients = str(manifest["splits"][split]["patients"])
+            table.add_row(key, split, str(entry["rows"]), counts, lesions, patients)
     console.print(table)
     leak = manifest["leakage"]
     console.print(
         f"patients in official train and test: {leak['patients_in_official_train_and_test']} "
-        f"(resolved: {leak['rule']}); in two splits now: {leak['patients_in_two_splits']}; "
-        f"skipped inputs: {len(manifest['skipped'])}"
+        f"(resolved: {leak['rule']}); in two splits now: {leak['patients_in_two_splits']}"
     )
+    if manifest["skipped"]:
+        console.print(
+            f"skipped inputs: {len(manifest['skipped'])} (reasons in manifest.json), e.g.:"
+        )
+        for item in manifest["skipped"][:5]:
+            console.print(f"  {item['item']}: {item['reason']}", soft_wrap=True)
 
 
 def cmd_search(args) -> None:
@@ -206,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mammotune",
         description="Distributed hyperparameter search for mammography classifiers.",
     )
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint for s3:// URLs (sets AWS_ENDPOINT_URL for this run and "
+        "the Ray workers it starts)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("quickstart", help="synth -> prepare -> search -> best, on a CPU")
@@ -214,23 +244,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None, help="override the preset's trials")
     p.set_defaults(run=cmd_quickstart)
 
-    p = commands.add_parser("synth", help="write a synthetic CBIS-DDSM-layout dataset")
+    p = commands.add_parser("synth", help="write a synthetic CBIS-DDSM or mini-MIAS dataset")
     p.add_argument("out", help="output folder or URL")
-    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--format", default="cbis-ddsm", help="cbis-ddsm or mini-mias")
+    p.add_argument(
+        "--layout",
+        default="csv",
+        help="CBIS-DDSM files: csv (the CSVs' paths) or archive (a download)",
+    )
+    p.add_argument(
+        "--patients", type=int, default=200, help="patients (mini-MIAS: women, 2 images each)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=0.5, help="0 (obvious) to 1 (subtle)")
-    p.add_argument("--scale", type=float, default=0.25, help="fraction of real resolution")
+    p.add_argument(
+        "--scale", type=float, default=0.25, help="CBIS-DDSM: fraction of real resolution"
+    )
     p.set_defaults(run=cmd_synth)
 
-    p = commands.add_parser("prepare", help="CBIS-DDSM layout -> tile shards + manifest.json")
-    p.add_argument("source", help="folder or URL holding the four CSVs and the DICOM tree")
-    p.add_argument("out", help="dataset folder or URL (file://, s3://, ...)")
-    p.add_argument("--sizes", type=_sizes, default=(224,), help="tile sizes, e.g. 224,299")
+    p = commands.add_parser(
+        "prepare", help="a CBIS-DDSM or mini-MIAS folder -> tile shards + manifest.json"
+    )
     p.add_argument(
-        "--context-px", type=int, default=598, help="tile side around a ROI in source pixels"
+        "source", help="folder or URL: CBIS-DDSM (CSVs + DICOM tree) or mini-MIAS (Info.txt + PGMs)"
+    )
+    p.add_argument("out", help="dataset folder or URL (a local path, file://, s3://, memory://)")
+    p.add_argument(
+        "--source-kind",
+        default=None,
+        help="cbis-ddsm or mini-mias (default: recognised from the files)",
+    )
+    p.add_argument(
+        "--views", type=_names, default=("roi",), help="roi and/or whole, e.g. roi,whole"
+    )
+    p.add_argument("--sizes", type=_sizes, default=(224,), help="ROI tile sizes, e.g. 224,299")
+    p.add_argument(
+        "--whole-sizes", type=_sizes, default=(512,), help="whole-image long sides, e.g. 512,1024"
+    )
+    p.add_argument(
+        "--enhance", type=_names, default=("none",), help="none, equalize, clahe (several: a,b)"
+    )
+    p.add_argument(
+        "--context-px",
+        type=int,
+        default=None,
+        help="ROI tile side in source pixels (default: 598 CBIS-DDSM, 150 mini-MIAS)",
     )
     p.add_argument("--train-variants", type=int, default=4, help="random crops per training ROI")
+    p.add_argument("--tissue-tiles", type=int, default=1, help="background-tissue tiles per image")
     p.add_argument("--val-fraction", type=float, default=0.2, help="of training patients")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="of patients, when the source has no official split",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(run=cmd_prepare)
@@ -254,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.endpoint_url:
+        # Through the environment, so that Ray workers started by this run use it too.
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     try:
         args.run(args)
     except UserError as exc:

@@ -106,7 +106,7 @@ class SearchSpace(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     task: str = "benign_vs_malignant"
-    view: Literal["roi"] = "roi"
+    view: Literal["roi", "whole"] = "roi"
     metric: str = "val_roc_auc"
     mode: Literal["max", "min"] = "max"
     trials: int = Field(10, ge=1)

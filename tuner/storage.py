@@ -74,11 +74,13 @@ def check_location(url: str, *, must_exist: bool = False) -> None:
     try:
         if not is_local(url) and not is_process_local(url):
             bucket = path.split("/", 1)[0]
-            if not fs.exists(bucket):
+            try:
+                fs.ls(bucket)  # unlike exists(), tells a missing bucket from a denied one
+            except FileNotFoundError:
                 raise UserError(
-                    f"bucket {bucket!r} of {normalize(url)} does not exist (or is not visible "
-                    "with these credentials); create it first or check the URL"
-                )
+                    f"bucket {bucket!r} of {normalize(url)} does not exist; create it first "
+                    "or check the URL"
+                ) from None
         if must_exist and not fs.exists(path):
             raise UserError(f"{normalize(url)} does not exist")
     except PermissionError as exc:

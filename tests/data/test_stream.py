@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import SIZES
-from tuner.data.stream import TileStream, default_augment, load_manifest
+from tests.conftest import SIZES, WHOLE_SIZES
+from tuner.data.preprocess import whole_shape
+from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest
 from tuner.data.tasks import TASKS
 from tuner.errors import UserError
 
@@ -26,7 +27,7 @@ def test_streams_every_tile_once_in_order_or_shuffled(prepared):
     plain = _stream(prepared)
     shuffled = _stream(prepared, shuffle=True, buffer_size=64)
     every = _fingerprints(DataLoader(plain, batch_size=16))
-    assert len(every) == len(plain)
+    assert len(every) == sum(plain.task.counts(plain.entry))
     assert _fingerprints(DataLoader(shuffled, batch_size=16)) == every
 
     first = [t.numpy().tobytes() for t, _ in shuffled]
@@ -35,19 +36,33 @@ def test_streams_every_tile_once_in_order_or_shuffled(prepared):
     assert first != second and sorted(first) == sorted(second)
 
 
-def test_loader_workers_split_shards_without_duplicates(prepared):
+def test_loader_workers_and_ranks_split_shards_without_duplicates(prepared):
     stream = _stream(prepared, shuffle=True)
     single = _fingerprints(DataLoader(stream, batch_size=8))
     double = _fingerprints(DataLoader(stream, batch_size=8, num_workers=2))
     assert double == single
+    ranks = [_stream(prepared, shuffle=True, rank=r, world_size=2) for r in (0, 1)]
+    parts = [_fingerprints(DataLoader(r, batch_size=8)) for r in ranks]
+    assert parts[0] and parts[1]
+    assert sorted(parts[0] + parts[1]) == single
 
 
-def test_labels_follow_the_task(prepared):
-    manifest = load_manifest(str(prepared))
-    entry = manifest["views"]["roi"][str(SIZE)]["train"]
-    for name, task in TASKS.items():
-        labels = torch.cat([y for _, y in DataLoader(_stream(prepared, task=task), batch_size=64)])
-        assert labels.bincount(minlength=2).tolist() == task.counts(entry), name
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_labels_follow_the_task(prepared, name):
+    task = TASKS[name]
+    stream = _stream(prepared, task=task)
+    labels = torch.cat([y for _, y in DataLoader(stream, batch_size=64)])
+    counts = labels.bincount(minlength=len(task.classes)).tolist()
+    assert counts == task.counts(stream.entry)
+    assert all(counts), name  # every class is present in the synthetic data
+
+
+def test_whole_images_stream_at_their_own_shape(prepared):
+    stream = _stream(
+        prepared, view="whole", size=WHOLE_SIZES[0], augment=default_augment(square=False)
+    )
+    tiles, labels = next(iter(DataLoader(stream, batch_size=4)))
+    assert tiles.shape == (4, 1, *whole_shape(WHOLE_SIZES[0]))
 
 
 def test_augmentation_keeps_shape_and_type(prepared):
@@ -56,13 +71,26 @@ def test_augmentation_keeps_shape_and_type(prepared):
     assert label.dtype == torch.int64
 
 
+def test_flip_rot90_on_batches_keeps_every_pixel():
+    batch = torch.arange(2 * 1 * 5 * 5, dtype=torch.uint8).reshape(2, 1, 5, 5).repeat(8, 1, 1, 1)
+    out = flip_rot90(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    assert not torch.equal(out, batch)
+    for before, after in zip(batch, out, strict=True):
+        assert torch.equal(before.flatten().sort().values, after.flatten().sort().values)
+    wide = torch.zeros(3, 1, 6, 4)
+    assert flip_rot90(wide).shape == wide.shape  # no quarter turns for non-square images
+
+
 def test_missing_dataset_size_and_split_are_user_errors(prepared, tmp_path):
     with pytest.raises(UserError, match="no prepared dataset"):
         load_manifest(str(tmp_path))
     with pytest.raises(UserError, match="no data URL"):
         load_manifest("")
-    with pytest.raises(UserError, match="it has: 32, 48"):
+    with pytest.raises(UserError, match="no roi-224 tiles"):
         _stream(prepared, size=224)
+    with pytest.raises(UserError, match="no roi-clahe-32 tiles"):
+        _stream(prepared, enhance="clahe")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text(json.dumps({"format": "something-else"}))

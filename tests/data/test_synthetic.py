@@ -130,3 +130,12 @@ def test_lesion_classes_differ_in_the_published_cues():
     benign_count, benign_size = particles(False)
     assert malignant_count > benign_count
     assert malignant_size < benign_size
+
+
+def test_some_patients_are_in_a_train_file_and_a_test_file():
+    from tuner.data import _synth_cbis
+
+    splits: dict[str, set[str]] = {}
+    for case in _synth_cbis.plan(SynthParams(patients=200)):
+        splits.setdefault(case.patient_id, set()).add(case.split)
+    assert sum(len(s) > 1 for s in splits.values()) >= 2

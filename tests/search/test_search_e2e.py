@@ -46,7 +46,7 @@ def test_every_trial_reported_and_the_best_has_a_checkpoint(experiment, capsys):
     aucs = [t["best"]["val_roc_auc"] for t in board["trials"]]
     assert aucs == sorted(aucs, reverse=True)
     # The search learned the synthetic task (chance is 0.5).
-    assert best["best"]["val_roc_auc"] > 0.75
+    assert best["best"]["val_roc_auc"] > 0.9
 
 
 def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, capsys):
@@ -69,6 +69,7 @@ def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, ca
         for tiles, target in DataLoader(val, batch_size=64):
             probabilities.append(torch.softmax(model(tiles), 1)[:, 1].numpy())
             labels.append(target.numpy())
+    assert labels
     auc = binary_metrics(np.concatenate(labels), np.concatenate(probabilities))["roc_auc"]
     assert auc == pytest.approx(meta["metrics"]["val_roc_auc"], abs=1e-6)
 

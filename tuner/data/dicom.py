@@ -61,7 +61,9 @@ def read_dataset(fileobj: BinaryIO | str, *, name: str | None = None) -> Dataset
         raise UserError(
             f"{label}: not a readable DICOM file ({type(exc).__name__}: {exc})"
         ) from None
-    if "PixelData" in ds and "TransferSyntaxUID" not in ds.file_meta:
+    if "PixelData" not in ds:
+        raise UserError(f"{label}: not a readable DICOM file (no DICOM header, no pixel data)")
+    if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (
             (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
@@ -92,7 +94,9 @@ def decode(ds: Dataset, *, frame: int = 0, name: str | None = None) -> np.ndarra
     except Exception as exc:
         # pydicom lists each plugin's reason on its own line: keep them, on one line.
         reasons = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        kind = "unsupported pixel encoding" if "does not support" in reasons else "broken pixel data"
+        kind = (
+            "unsupported pixel encoding" if "does not support" in reasons else "broken pixel data"
+        )
         raise UserError(f"{label}: {kind} ({type(exc).__name__}: {reasons})") from None
     if stored.size == 0:
         raise UserError(f"{label}: empty image")

@@ -1,10 +1,15 @@
-"""prepare: a CBIS-DDSM-layout source becomes ROI tile shards plus ``manifest.json``.
+"""prepare: a CBIS-DDSM or mini-MIAS source becomes tile shards plus ``manifest.json``.
 
-The work is split into chunks of images of one split; Ray Data runs the chunks in parallel
-across the cluster, and each chunk writes one content-named shard per tile size and a small
-record under ``_work/``. The manifest is written last and is the commit point: a reader never
-sees a half-written dataset. Re-running with the same inputs finds the manifest and does
-nothing; an interrupted run finds the finished chunks' records and does only the rest.
+The images are split into chunks of one split each; Ray Data runs the chunks in parallel
+across the cluster, and each chunk writes one content-named shard per tile kind (view,
+enhancement, size) and a small record under ``_work/``. The manifest is written last and is
+the commit point: a reader never sees a half-written dataset. Re-running with the same
+inputs finds the manifest and does nothing; an interrupted run finds the finished chunks'
+records and does only the rest. A bad input (unreadable file, missing mask, blank image) is
+skipped and listed with its reason; everything good is still prepared.
+
+A dataset or source in ``memory://`` lives in this process only, so its chunks run here,
+one after another, instead of on Ray workers that could not see it.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import json
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 import tuner
 from tuner import storage
-from tuner.data import cbis_ddsm, shards
-from tuner.data.dicom import read_image
-from tuner.data.preprocess import roi_tiles, to_uint8
-from tuner.data.splits import SPLITS, assign_splits
+from tuner.data import preprocess, shards
+from tuner.data.records import Finding, ImageRecord, worst_finding
+from tuner.data.sources import open_source, source_class
+from tuner.data.splits import SPLITS
 from tuner.errors import UserError, unknown_choice
 
 __all__ = [
@@ -32,192 +37,242 @@ __all__ = [
     "VIEWS",
     "PrepareParams",
     "PreparePlan",
+    "tile_key",
     "plan_prepare",
     "run_prepare",
     "prepare",
 ]
 
-FORMAT = "mammotune-dataset/1"
+FORMAT = "mammotune-dataset/2"
 MANIFEST = "manifest.json"
-VIEWS = ("roi",)
+VIEWS = ("roi", "whole")
 _IN_PROGRESS = "_prepare.json"
 _WORK = "_work"
+
+
+def tile_key(view: str, size: int, enhance: str = "none") -> str:
+    """Folder and manifest key of one kind of tile: ``roi-224``, ``whole-clahe-1024``."""
+    return f"{view}-{size}" if enhance == "none" else f"{view}-{enhance}-{size}"
 
 
 @dataclass(frozen=True)
 class PrepareParams:
     """How tiles are made. Part of the dataset's identity: other params, other dataset."""
 
-    view: str = "roi"
-    sizes: tuple[int, ...] = (224,)
-    context_px: int = 598  # tile side around a ROI, in source pixels (Scuccimarra: 598)
+    views: tuple[str, ...] = ("roi",)
+    sizes: tuple[int, ...] = (224,)  # ROI tile sides
+    whole_sizes: tuple[int, ...] = (512,)  # whole-image long (height) sides
+    enhance: tuple[str, ...] = ("none",)
+    context_px: int | None = None  # ROI tile side in source pixels; None: the source's own
     train_variants: int = 4  # random-crop variants per training ROI (val/test: centred only)
-    val_fraction: float = 0.2
+    tissue_tiles: int = 1  # background-tissue tiles per image (ROI view)
+    val_fraction: float = 0.2  # of the training patients
+    test_fraction: float = 0.2  # of the patients, for sources without an official split
     seed: int = 0
     images_per_shard: int = 16
 
     def validate(self) -> None:
-        if self.view not in VIEWS:
-            raise UserError(unknown_choice("view", self.view, VIEWS))
-        if not self.sizes or any(not 16 <= s <= 4096 for s in self.sizes):
-            raise UserError(f"--sizes {list(self.sizes)}: give tile sizes between 16 and 4096")
-        if self.context_px < 16:
+        for view in self.views:
+            if view not in VIEWS:
+                raise UserError(unknown_choice("view", view, VIEWS))
+        for mode in self.enhance:
+            if mode not in preprocess.ENHANCEMENTS:
+                raise UserError(unknown_choice("enhancement", mode, preprocess.ENHANCEMENTS))
+        if not self.views or not self.enhance:
+            raise UserError("give at least one view (--views) and one enhancement (--enhance)")
+        for flag, sizes in (("--sizes", self.sizes), ("--whole-sizes", self.whole_sizes)):
+            if not sizes or any(not 16 <= s <= 4096 for s in sizes):
+                raise UserError(f"{flag} {list(sizes)}: give sizes between 16 and 4096")
+        if self.context_px is not None and self.context_px < 16:
             raise UserError(f"--context-px {self.context_px} is too small; use at least 16")
-        if not 0.0 <= self.val_fraction < 0.9:
-            raise UserError(f"--val-fraction {self.val_fraction}: use 0.0 up to 0.9")
+        for flag, value in (
+            ("--val-fraction", self.val_fraction),
+            ("--test-fraction", self.test_fraction),
+        ):
+            if not 0.0 <= value < 0.9:
+                raise UserError(f"{flag} {value}: use 0.0 up to 0.9")
         if self.train_variants < 1:
             raise UserError(f"--train-variants {self.train_variants}: use at least 1")
+        if self.tissue_tiles < 0:
+            raise UserError(f"--tissue-tiles {self.tissue_tiles}: use 0 or more")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "sizes": sorted(self.sizes)}
+        data = asdict(self)
+        for name in ("views", "sizes", "whole_sizes", "enhance"):
+            data[name] = sorted(data[name])
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> PrepareParams:
-        return cls(**{**data, "sizes": tuple(data["sizes"])})
+        lists = ("views", "sizes", "whole_sizes", "enhance")
+        return cls(**{k: tuple(v) if k in lists else v for k, v in data.items()})
 
 
-@dataclass
-class _Image:
-    series: str
-    url: str
-    split: str
-    findings: list[dict] = field(default_factory=list)
+@dataclass(frozen=True)
+class PreparePlan:
+    """A checked prepare, ready to run (see :func:`plan_prepare`)."""
+
+    source: str
+    kind: str
+    out: str
+    params: PrepareParams  # with context_px resolved
+    dataset_id: str
+    fingerprint: str
+    chunks: list[dict]
+    skipped: list[dict]
+    leakage: dict
+    existing: dict | None  # the manifest, when ``out`` already holds this dataset
 
 
-def _plan(source: cbis_ddsm.CbisDdsmSource, params: PrepareParams):
-    abnormalities = source.abnormalities()
-    if not abnormalities:
-        raise UserError(f"{source.root}: the case-description CSVs list no abnormalities")
-    index = source.dicom_index()
-    if not index:
-        raise UserError(f"{source.root}: no DICOM files under the CSVs' series folders")
-    patient_split, leakage = assign_splits(
-        abnormalities, val_fraction=params.val_fraction, seed=params.seed
-    )
-    images: dict[str, _Image] = {}
-    skipped: list[dict] = []
-    for a in abnormalities:
-        files = index.get(a.image_series, [])
-        if not files:
-            skipped.append({"series": a.image_series, "reason": "full mammogram not found"})
-            continue
-        roi_files = sorted(set(index.get(a.roi_series, []) + index.get(a.crop_series, [])))
-        if not roi_files:
-            skipped.append({"series": a.roi_series, "reason": "ROI mask/crop files not found"})
-            continue
-        image = images.setdefault(
-            a.image_series, _Image(a.image_series, files[0], patient_split[a.patient_id])
-        )
-        image.findings.append({**a.to_dict(), "roi_files": roi_files})
-    return list(images.values()), skipped, leakage
-
-
-def _chunks(images: list[_Image], params: PrepareParams, dataset_id: str) -> list[dict]:
+def _chunks(images: list[ImageRecord], params: PrepareParams, dataset_id: str) -> list[dict]:
     chunks = []
     for split in SPLITS:
         # Hash order mixes masses and calcifications, patients and views within each shard.
         members = sorted(
-            (i for i in images if i.split == split), key=lambda i: zlib.crc32(i.series.encode())
+            (i for i in images if i.split == split), key=lambda i: zlib.crc32(i.image_id.encode())
         )
         for start in range(0, len(members), params.images_per_shard):
             group = members[start : start + params.images_per_shard]
             key = hashlib.sha256(
-                (dataset_id + "".join(i.series for i in group)).encode()
+                (dataset_id + "".join(i.image_id for i in group)).encode()
             ).hexdigest()[:16]
-            chunks.append({"key": key, "split": split, "images": [asdict(i) for i in group]})
+            chunks.append({"key": key, "split": split, "images": [i.to_dict() for i in group]})
     return chunks
 
 
-def _read_mask(roi_files: list[str], shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-    """Find the ROI mask among a finding's files by content; rescale it to ``shape``."""
-    import cv2
-
-    masks = []
-    for url in roi_files:
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as f:
-            pixels = read_image(f)
-        if cbis_ddsm.is_mask(pixels):
-            masks.append(pixels)
-    if not masks:
-        return None, "no ROI mask among the finding's files"
-    mask = max(masks, key=lambda m: (m.shape == shape, m.size))
-    note = ""
-    if mask.shape != shape:
-        note = f"mask {mask.shape[1]}x{mask.shape[0]} rescaled to image {shape[1]}x{shape[0]}"
-        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    mask = mask > mask.min()
-    if not mask.any():
-        return None, "ROI mask is empty"
-    return mask, note
+def _row(
+    pixels: np.ndarray, image: ImageRecord, *, finding: Finding | None, lesion: str, variant: int
+) -> dict:
+    return {
+        "image": pixels,
+        "height": pixels.shape[0],
+        "width": pixels.shape[1],
+        "pathology": finding.pathology if finding else "NORMAL",
+        "abnormality_type": finding.abnormality_type if finding else "none",
+        "lesion": lesion,
+        "patient_id": image.patient_id,
+        "image_id": image.image_id,
+        "abnormality_id": finding.abnormality_id if finding else 0,
+        "view": image.view,
+        "laterality": image.laterality,
+        "breast_density": image.breast_density,
+        "subtlety": finding.subtlety if finding else 0,
+        "variant": variant,
+    }
 
 
-def _process_chunk(row: dict, *, out: str, params_json: str) -> dict:
-    """Ray Data task: tile one chunk of images and write one shard per size."""
-    params = PrepareParams.from_json(json.loads(params_json))
-    chunk = json.loads(row["chunk"])
-    tiles: dict[int, list[dict]] = defaultdict(list)
-    skipped, notes = [], []
-    for image in chunk["images"]:
-        fs, path = storage.filesystem(image["url"])
-        try:
-            with fs.open(path, "rb") as f:
-                pixels = to_uint8(read_image(f))
-        except Exception as exc:  # one unreadable file must not sink the dataset
-            skipped.append({"series": image["series"], "reason": f"unreadable image: {exc}"})
-            continue
-        for finding in image["findings"]:
-            label = finding["roi_series"] or image["series"]
+def _tile_image(
+    image: ImageRecord,
+    split: str,
+    params: PrepareParams,
+    source,
+    rows: dict,
+    skipped: list,
+    notes: list,
+) -> None:
+    """Every tile of one image, appended to ``rows[(view, enhance, size)]``."""
+    try:
+        pixels = preprocess.to_uint8(source.load_image(image.url))
+    except UserError as exc:
+        skipped.append({"item": image.image_id, "reason": str(exc)})
+        return
+    breast = preprocess.breast_mask(pixels)
+    if not breast.any():
+        skipped.append({"item": image.image_id, "reason": "no breast region found (blank image)"})
+        return
+    pixels = np.where(breast, pixels, 0).astype(np.uint8)  # drop background and labels
+    enhanced = {mode: preprocess.enhance(pixels, mode) for mode in params.enhance}
+    rng = np.random.default_rng(zlib.crc32(f"{params.seed}/{image.image_id}".encode()))
+
+    if "roi" in params.views:
+        lesions = np.zeros(pixels.shape, bool)
+        all_located = True
+        for finding in image.findings:
+            label = f"{image.image_id}/{finding.abnormality_id}"
             try:
-                mask, note = _read_mask(finding["roi_files"], pixels.shape)
-            except Exception as exc:
-                mask, note = None, f"unreadable ROI file: {exc}"
+                mask, note = source.load_mask(finding.roi, pixels.shape)
+            except UserError as exc:
+                mask, note = None, str(exc)
             if mask is None:
-                skipped.append({"series": label, "reason": note})
+                skipped.append({"item": label, "reason": note})
+                all_located = False
                 continue
             if note:
-                notes.append({"series": label, "note": note})
-            seed = zlib.crc32(f"{params.seed}/{label}/{finding['abnormality_id']}".encode())
-            variants = params.train_variants if chunk["split"] == "train" else 0
-            for variant, by_size in enumerate(
-                roi_tiles(
-                    pixels,
-                    mask,
-                    context_px=params.context_px,
-                    sizes=params.sizes,
-                    variants=variants,
-                    rng=np.random.default_rng(seed),
-                )
-            ):
-                for size, tile in by_size.items():
-                    tiles[size].append(
-                        {
-                            "image": tile,
-                            "height": size,
-                            "width": size,
-                            "series": image["series"],
-                            "variant": variant,
-                            **{k: finding[k] for k in shards.LABEL_COLUMNS if k in finding},
-                        }
+                notes.append({"item": label, "note": note})
+            lesions |= mask
+            variants = params.train_variants if split == "train" else 0
+            boxes = preprocess.roi_boxes(
+                mask, context_px=params.context_px, variants=variants, rng=rng
+            )
+            for variant, box in enumerate(boxes):
+                for mode, source_pixels in enhanced.items():
+                    for size, tile in preprocess.cut(source_pixels, box, params.sizes).items():
+                        rows[("roi", mode, size)].append(
+                            _row(tile, image, finding=finding, lesion="lesion", variant=variant)
+                        )
+        # Tissue tiles only where every lesion is located: "away from every ROI" must hold.
+        if all_located:
+            boxes = preprocess.tissue_boxes(
+                pixels, breast, lesions, side=params.context_px, count=params.tissue_tiles, rng=rng
+            )
+            for variant, box in enumerate(boxes):
+                for mode, source_pixels in enhanced.items():
+                    for size, tile in preprocess.cut(source_pixels, box, params.sizes).items():
+                        rows[("roi", mode, size)].append(
+                            _row(tile, image, finding=None, lesion="tissue", variant=variant)
+                        )
+
+    if "whole" in params.views:
+        worst = worst_finding(image.findings)
+        for mode, source_pixels in enhanced.items():
+            for size, picture in preprocess.whole_image(
+                source_pixels, breast, params.whole_sizes
+            ).items():
+                rows[("whole", mode, size)].append(
+                    _row(
+                        picture,
+                        image,
+                        finding=worst,
+                        lesion="lesion" if worst else "tissue",
+                        variant=0,
                     )
+                )
+
+
+def _process_chunk(row: dict, *, kind: str, out: str, params_json: str) -> dict:
+    """Ray Data task: tile one chunk of images and write one shard per tile kind."""
+    params = PrepareParams.from_json(json.loads(params_json))
+    chunk = json.loads(row["chunk"])
+    source = source_class(kind)
+    rows: dict[tuple, list[dict]] = defaultdict(list)
+    skipped, notes = [], []
+    for data in chunk["images"]:
+        _tile_image(
+            ImageRecord.from_dict(data), chunk["split"], params, source, rows, skipped, notes
+        )
     records = []
-    for size, rows in sorted(tiles.items()):
-        data = shards.encode(rows)
-        relative = f"{params.view}-{size}/{chunk['split']}/{shards.content_name(data)}"
+    for (view, mode, size), tiles in sorted(rows.items()):
+        data = shards.encode(tiles)
+        relative = f"{tile_key(view, size, mode)}/{chunk['split']}/{shards.content_name(data)}"
         target = storage.join(out, relative)
         if not storage.exists(target):
             storage.write_bytes(target, data)
+        joint = Counter((t["pathology"], t["abnormality_type"], t["lesion"]) for t in tiles)
         records.append(
             {
-                "view": params.view,
+                "view": view,
                 "size": size,
+                "enhance": mode,
+                "shape": [tiles[0]["height"], tiles[0]["width"]],
                 "split": chunk["split"],
                 "path": relative,
-                "rows": len(rows),
+                "rows": len(tiles),
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "pathology": dict(Counter(r["pathology"] for r in rows)),
-                "abnormality_type": dict(Counter(r["abnormality_type"] for r in rows)),
-                "patients": sorted({r["patient_id"] for r in rows}),
+                "counts": [
+                    {"pathology": p, "abnormality_type": a, "lesion": lesion, "rows": n}
+                    for (p, a, lesion), n in sorted(joint.items())
+                ],
+                "patients": sorted({t["patient_id"] for t in tiles}),
             }
         )
     result = {"key": chunk["key"], "shards": records, "skipped": skipped, "notes": notes}
@@ -228,6 +283,7 @@ def _process_chunk(row: dict, *, out: str, params_json: str) -> dict:
 def _existing(out: str, dataset_id: str) -> dict | None:
     """The finished manifest if ``out`` already holds this dataset, None if ``out`` is free
     (or holds an unfinished run of this dataset); raise if it holds anything else."""
+    storage.check_location(out)
     fs, path = storage.filesystem(out)
     manifest_url = storage.join(out, MANIFEST)
     if storage.exists(manifest_url):
@@ -251,38 +307,33 @@ def _existing(out: str, dataset_id: str) -> dict | None:
     return None
 
 
-@dataclass(frozen=True)
-class PreparePlan:
-    """A checked prepare, ready to run (see :func:`plan_prepare`)."""
-
-    source: str
-    out: str
-    params: PrepareParams
-    dataset_id: str
-    fingerprint: str
-    chunks: list[dict]
-    skipped: list[dict]
-    leakage: dict
-    existing: dict | None  # the manifest, when ``out`` already holds this dataset
-
-
-def plan_prepare(source: str, out: str, params: PrepareParams = PrepareParams()) -> PreparePlan:
-    """Read the source's CSVs and file list, split patients and check the output folder.
+def plan_prepare(
+    source: str, out: str, params: PrepareParams = PrepareParams(), *, kind: str | None = None
+) -> PreparePlan:
+    """Read the source's annotations and file list, split patients and check the output.
     Needs no Ray and writes nothing.
 
     Raises:
-        UserError: missing or empty source, bad params, or ``out`` holds something else.
+        UserError: missing or unrecognised source, bad params, a bucket that does not exist
+            or denies access, or ``out`` holds something else.
     """
     params.validate()
     out = storage.normalize(out)
-    cbis = cbis_ddsm.CbisDdsmSource(source)
-    images, skipped, leakage = _plan(cbis, params)
-    fingerprint = cbis.fingerprint()
+    opened = open_source(source, kind)
+    if params.context_px is None:
+        params = PrepareParams.from_json(
+            {**params.to_json(), "context_px": opened.default_context_px}
+        )
+    images, skipped, leakage = opened.images(
+        val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed
+    )
+    fingerprint = opened.fingerprint()
     dataset_id = hashlib.sha256(
-        json.dumps([FORMAT, fingerprint, params.to_json()]).encode()
+        json.dumps([FORMAT, opened.kind, fingerprint, params.to_json()]).encode()
     ).hexdigest()[:16]
     return PreparePlan(
-        source=cbis.root,
+        source=opened.root,
+        kind=opened.kind,
         out=out,
         params=params,
         dataset_id=dataset_id,
@@ -302,8 +353,6 @@ def run_prepare(plan: PreparePlan) -> dict:
         The manifest (also written to ``out/manifest.json``), with ``"reused": True`` when
         ``out`` already held this exact dataset and nothing was done.
     """
-    import ray.data
-
     if plan.existing is not None:
         return {**plan.existing, "reused": True}
     started = time.perf_counter()
@@ -312,14 +361,16 @@ def run_prepare(plan: PreparePlan) -> dict:
     record = lambda chunk: storage.join(out, _WORK, chunk["key"] + ".json")  # noqa: E731
     done = {c["key"] for c in plan.chunks if storage.exists(record(c))}
     pending = [{"chunk": json.dumps(c)} for c in plan.chunks if c["key"] not in done]
-    if pending:
+    work = {"kind": plan.kind, "out": out, "params_json": json.dumps(plan.params.to_json())}
+    if pending and (storage.is_process_local(out) or storage.is_process_local(plan.source)):
+        for item in pending:
+            _process_chunk(item, **work)
+    elif pending:
+        import ray.data
+
         (
             ray.data.from_items(pending, override_num_blocks=len(pending))
-            .map(
-                _process_chunk,
-                fn_kwargs={"out": out, "params_json": json.dumps(plan.params.to_json())},
-                num_cpus=1,
-            )
+            .map(_process_chunk, fn_kwargs=work, num_cpus=1)
             .materialize()
         )
     results = [storage.read_json(record(c)) for c in plan.chunks]
@@ -335,58 +386,82 @@ def run_prepare(plan: PreparePlan) -> dict:
     return manifest
 
 
-def prepare(source: str, out: str, params: PrepareParams = PrepareParams()) -> dict:
-    """Turn the CBIS-DDSM-layout dataset at ``source`` into tile shards at ``out``:
-    :func:`plan_prepare` then :func:`run_prepare`."""
-    return run_prepare(plan_prepare(source, out, params))
+def prepare(
+    source: str, out: str, params: PrepareParams = PrepareParams(), *, kind: str | None = None
+) -> dict:
+    """Turn the dataset at ``source`` into tile shards at ``out``: :func:`plan_prepare`
+    then :func:`run_prepare`."""
+    return run_prepare(plan_prepare(source, out, params, kind=kind))
+
+
+def _summary(counts: list[dict], column: str) -> dict:
+    total = Counter()
+    for combination in counts:
+        total[combination[column]] += combination["rows"]
+    return dict(sorted(total.items()))
 
 
 def _manifest(plan: PreparePlan, results: list[dict]) -> dict:
-    views: dict = {}
+    tiles: dict = {}
     skipped = list(plan.skipped)
+    notes = []
     patients_by_split: dict[str, set[str]] = defaultdict(set)
     for result in results:
         skipped.extend(result["skipped"])
+        notes.extend(result["notes"])
         for record in result["shards"]:
-            patients = record.pop("patients")
-            patients_by_split[record["split"]].update(patients)
-            entry = (
-                views.setdefault(record["view"], {})
-                .setdefault(str(record["size"]), {})
-                .setdefault(
-                    record["split"],
-                    {
-                        "rows": 0,
-                        "pathology": Counter(),
-                        "abnormality_type": Counter(),
-                        "shards": [],
-                    },
-                )
+            patients_by_split[record["split"]].update(record["patients"])
+            key = tile_key(record["view"], record["size"], record["enhance"])
+            kind = tiles.setdefault(
+                key,
+                {
+                    "view": record["view"],
+                    "size": record["size"],
+                    "enhance": record["enhance"],
+                    "shape": record["shape"],
+                    "splits": {},
+                },
+            )
+            entry = kind["splits"].setdefault(
+                record["split"], {"rows": 0, "counts": Counter(), "shards": []}
             )
             entry["rows"] += record["rows"]
-            entry["pathology"].update(record.pop("pathology"))
-            entry["abnormality_type"].update(record.pop("abnormality_type"))
+            for combination in record["counts"]:
+                values = (
+                    combination["pathology"],
+                    combination["abnormality_type"],
+                    combination["lesion"],
+                )
+                entry["counts"][values] += combination["rows"]
             entry["shards"].append({k: record[k] for k in ("path", "rows", "sha256")})
-    for sizes in views.values():
-        for splits in sizes.values():
-            for entry in splits.values():
-                entry["pathology"] = dict(sorted(entry["pathology"].items()))
-                entry["abnormality_type"] = dict(sorted(entry["abnormality_type"].items()))
-    split_names = sorted(patients_by_split)
+    for kind in tiles.values():
+        for entry in kind["splits"].values():
+            entry["counts"] = [
+                {"pathology": p, "abnormality_type": a, "lesion": lesion, "rows": n}
+                for (p, a, lesion), n in sorted(entry["counts"].items())
+            ]
+            for column in shards.LABELS:
+                entry[column] = _summary(entry["counts"], column)
+            lesions = sum(n for p, n in entry["pathology"].items() if p != "NORMAL")
+            entry["malignant_fraction"] = (
+                round(entry["pathology"].get("MALIGNANT", 0) / lesions, 4) if lesions else 0.0
+            )
+    names = sorted(patients_by_split)
     shared = set()
-    for i, a in enumerate(split_names):
-        for b in split_names[i + 1 :]:
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
             shared |= patients_by_split[a] & patients_by_split[b]
     return {
         "format": FORMAT,
         "id": plan.dataset_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mammotune_version": tuner.__version__,
-        "source": {"kind": "cbis-ddsm", "url": plan.source, "fingerprint": plan.fingerprint},
+        "source": {"kind": plan.kind, "url": plan.source, "fingerprint": plan.fingerprint},
         "params": plan.params.to_json(),
+        "params_hash": hashlib.sha256(json.dumps(plan.params.to_json()).encode()).hexdigest()[:16],
         "splits": {s: {"patients": len(patients_by_split.get(s, ()))} for s in SPLITS},
         "leakage": {**plan.leakage, "patients_in_two_splits": len(shared)},
-        "views": views,
-        "notes": [n for r in results for n in r["notes"]],
+        "tiles": dict(sorted(tiles.items())),
+        "notes": notes,
         "skipped": skipped,
     }

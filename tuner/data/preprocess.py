@@ -1,18 +1,63 @@
-"""Image preprocessing as published: intensity windowing and ROI-centred context tiles.
+"""Image preprocessing as published (see ``datasets/cbis_ddsm.md``).
 
-ROI tiles follow Scuccimarra's "method 2" (see ``datasets/cbis_ddsm.md``): a square tile of
-``context_px`` (598 at CBIS-DDSM resolution) centred on the ROI; when the ROI is larger, the
-tile grows to the ROI's bounding box padded by 5%, and a small ROI is never blown up to fill
-the tile (resizing by ROI size did not generalise). Random-crop variants shift the tile while
-keeping the ROI inside it, then flip and rotate by multiples of 90 degrees.
+- Intensity: decoded values windowed to 8 bits between their 0.1st and 99.9th percentiles.
+- Breast region: Otsu threshold on a downsampled copy, largest connected component, holes
+  filled; everything outside it (background, burnt-in labels) is set to 0.
+- Enhancement (optional): Gaussian filter (sigma 0.5) then histogram equalisation or CLAHE
+  (Jaamour et al.: helps at large input sizes).
+- ROI tiles (Scuccimarra's "method 2"): a square tile of ``context_px`` centred on the ROI;
+  an ROI larger than that gets its bounding box plus 5%; a small ROI is never blown up to
+  fill the tile (resizing by ROI size did not generalise). Random-crop variants shift the tile
+  while keeping the ROI inside, then flip and rotate by multiples of 90 degrees.
+- Tissue tiles: tiles of the same side inside the breast, away from every ROI, kept only when
+  their mean and standard deviation lie within thresholds (no background, no artefacts).
+- Whole images: cropped to the breast, chest wall turned to the left, padded to a 1.5:1
+  height:width aspect (2048 x 1376 in Jaamour et al.) and resized.
+
+Crop boxes are drawn once per finding and cut from every enhancement of the image, so the
+variants of one tile show the same crop (MONAI's "image and mask move together").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-__all__ = ["to_uint8", "roi_box", "tile_side", "roi_tiles"]
+__all__ = [
+    "ENHANCEMENTS",
+    "WHOLE_ASPECT",
+    "Box",
+    "to_uint8",
+    "breast_mask",
+    "enhance",
+    "roi_box",
+    "tile_side",
+    "roi_boxes",
+    "tissue_boxes",
+    "cut",
+    "whole_shape",
+    "whole_image",
+]
+
+ENHANCEMENTS = ("none", "equalize", "clahe")
+WHOLE_ASPECT = 1.5  # height : width of the whole-image view
+# Tissue tiles are kept when mean and standard deviation (uint8) fall in these ranges: darker
+# tiles are mostly background or skin line, flatter ones are pectoral muscle or artefacts.
+TISSUE_MEAN = (40.0, 230.0)
+TISSUE_STD = (4.0, 70.0)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square crop (may reach past the image edge) and the flip / quarter turns applied."""
+
+    y0: int
+    x0: int
+    side: int
+    flip: bool = False
+    turns: int = 0
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -21,6 +66,42 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     low, high = np.percentile(sample, [0.1, 99.9])
     scaled = (image - low) * (255.0 / max(high - low, 1e-6))
     return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def breast_mask(image: np.ndarray) -> np.ndarray:
+    """The breast region of a uint8 mammogram (labels and background excluded).
+
+    Returns an all-False mask when nothing stands out from the background.
+    """
+    h, w = image.shape
+    factor = max(1, max(h, w) // 512)
+    small = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (5, 5), 0)
+    _, binary = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count < 2:
+        return np.zeros((h, w), bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == largest).astype(np.uint8)
+    # Fill holes: flood the background from outside (a zero border, since the breast itself
+    # touches the image edge at the chest wall); what the flood cannot reach is inside.
+    flood = cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(flood, None, (0, 0), 1)
+    region |= 1 - flood[1:-1, 1:-1]
+    return cv2.resize(region, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def enhance(image: np.ndarray, mode: str) -> np.ndarray:
+    """Gaussian filter (sigma 0.5) then histogram equalisation or CLAHE; "none" is a no-op."""
+    if mode == "none":
+        return image
+    smooth = cv2.GaussianBlur(image, (0, 0), 0.5)
+    if mode == "equalize":
+        return cv2.equalizeHist(smooth)
+    if mode == "clahe":
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(smooth)
+    raise ValueError(f"unknown enhancement {mode!r}; allowed: {', '.join(ENHANCEMENTS)}")
 
 
 def roi_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -36,55 +117,106 @@ def tile_side(roi_side: int, context_px: int) -> int:
     return int(round(roi_side * 1.05))
 
 
-def _crop(image: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
-    """Square crop that may reach past the image edge (filled with background, 0)."""
-    h, w = image.shape
-    out = np.zeros((side, side), image.dtype)
-    sy0, sx0 = max(0, y0), max(0, x0)
-    sy1, sx1 = min(h, y0 + side), min(w, x0 + side)
-    if sy0 < sy1 and sx0 < sx1:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return out
-
-
-def roi_tiles(
-    image: np.ndarray,
-    mask: np.ndarray,
-    *,
-    context_px: int,
-    sizes: tuple[int, ...],
-    variants: int,
-    rng: np.random.Generator,
-) -> list[dict[int, np.ndarray]]:
-    """Tiles around the ROI in ``mask``, each resized to every size in ``sizes``.
-
-    Args:
-        image: uint8 mammogram.
-        mask: boolean ROI mask of the same shape.
-        variants: 0 gives the centred tile only (for evaluation splits); n > 0 gives n
-            random variants (shift, flip, rot90) for training.
-
-    Returns:
-        One ``{size: uint8 tile}`` dict per tile.
-    """
+def roi_boxes(
+    mask: np.ndarray, *, context_px: int, variants: int, rng: np.random.Generator
+) -> list[Box]:
+    """The centred box (``variants=0``) or ``variants`` random variants around a ROI."""
     y0, x0, y1, x1 = roi_box(mask)
     roi_h, roi_w = y1 - y0, x1 - x0
     side = tile_side(max(roi_h, roi_w), context_px)
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    tiles = []
-    for _ in range(max(1, variants)):
-        dy = dx = 0.0
-        if variants:
-            # Shift while keeping the ROI inside the tile.
-            slack_y, slack_x = max(0.0, (side - roi_h) / 2), max(0.0, (side - roi_w) / 2)
-            dy, dx = rng.uniform(-slack_y, slack_y) * 0.8, rng.uniform(-slack_x, slack_x) * 0.8
-        crop = _crop(image, int(round(cy + dy - side / 2)), int(round(cx + dx - side / 2)), side)
-        if variants:
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            crop = np.rot90(crop, int(rng.integers(4)))
-        crop = np.ascontiguousarray(crop)
-        tiles.append(
-            {size: cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA) for size in sizes}
+    if not variants:
+        return [Box(int(round(cy - side / 2)), int(round(cx - side / 2)), side)]
+    boxes = []
+    slack_y, slack_x = max(0.0, (side - roi_h) / 2), max(0.0, (side - roi_w) / 2)
+    for _ in range(variants):
+        # Shift while keeping the ROI inside the tile.
+        dy, dx = rng.uniform(-slack_y, slack_y) * 0.8, rng.uniform(-slack_x, slack_x) * 0.8
+        boxes.append(
+            Box(
+                int(round(cy + dy - side / 2)),
+                int(round(cx + dx - side / 2)),
+                side,
+                flip=bool(rng.random() < 0.5),
+                turns=int(rng.integers(4)),
+            )
         )
-    return tiles
+    return boxes
+
+
+def tissue_boxes(
+    image: np.ndarray,
+    breast: np.ndarray,
+    lesions: np.ndarray,
+    *,
+    side: int,
+    count: int,
+    rng: np.random.Generator,
+    attempts: int = 40,
+) -> list[Box]:
+    """Up to ``count`` boxes of background tissue: inside the breast, clear of every lesion
+    (by half a tile), within the mean/std thresholds."""
+    h, w = image.shape
+    if count <= 0 or side > min(h, w):
+        return []
+    grow = max(1, side // 2) * 2 + 1
+    blocked = cv2.dilate(lesions.astype(np.uint8), np.ones((grow, grow), np.uint8)) > 0
+    boxes: list[Box] = []
+    for _ in range(count * attempts):
+        if len(boxes) == count:
+            break
+        y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        window = (slice(y0, y0 + side), slice(x0, x0 + side))
+        if breast[window].mean() < 0.98 or blocked[window].any():
+            continue
+        if any(abs(b.y0 - y0) < side and abs(b.x0 - x0) < side for b in boxes):
+            continue  # no overlapping tissue tiles
+        patch = image[window]
+        if not (TISSUE_MEAN[0] <= patch.mean() <= TISSUE_MEAN[1]):
+            continue
+        if not (TISSUE_STD[0] <= patch.std() <= TISSUE_STD[1]):
+            continue
+        boxes.append(Box(y0, x0, side))
+    return boxes
+
+
+def cut(image: np.ndarray, box: Box, sizes: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """The tile of ``box`` (outside the image: 0), transformed and resized to each size."""
+    h, w = image.shape
+    crop = np.zeros((box.side, box.side), image.dtype)
+    sy0, sx0 = max(0, box.y0), max(0, box.x0)
+    sy1, sx1 = min(h, box.y0 + box.side), min(w, box.x0 + box.side)
+    if sy0 < sy1 and sx0 < sx1:
+        crop[sy0 - box.y0 : sy1 - box.y0, sx0 - box.x0 : sx1 - box.x0] = image[sy0:sy1, sx0:sx1]
+    if box.flip:
+        crop = crop[:, ::-1]
+    crop = np.ascontiguousarray(np.rot90(crop, box.turns))
+    return {s: cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA) for s in sizes}
+
+
+def whole_shape(size: int) -> tuple[int, int]:
+    """(height, width) of the whole-image view whose long (height) side is ``size``."""
+    return size, int(round(size / WHOLE_ASPECT))
+
+
+def whole_image(image: np.ndarray, breast: np.ndarray, sizes: tuple[int, ...]) -> dict:
+    """The breast, chest wall on the left, padded to 1.5:1 and resized to each size."""
+    y0, x0, y1, x1 = roi_box(breast)
+    crop = image[y0:y1, x0:x1]
+    region = breast[y0:y1, x0:x1]
+    # The chest wall is the side where the breast is widest: put it on the left.
+    if region[:, region.shape[1] // 2 :].sum() > region[:, : region.shape[1] // 2].sum():
+        crop = crop[:, ::-1]
+    h, w = crop.shape
+    target_w = int(round(h / WHOLE_ASPECT))
+    if target_w >= w:  # pad on the nipple side (right), as the breast ends there
+        crop = np.pad(crop, ((0, 0), (0, target_w - w)))
+    else:  # unusually wide: pad the height, top and bottom equally
+        target_h = int(round(w * WHOLE_ASPECT))
+        top = (target_h - h) // 2
+        crop = np.pad(crop, ((top, target_h - h - top), (0, 0)))
+    out = {}
+    for size in sizes:
+        height, width = whole_shape(size)
+        out[size] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+    return out

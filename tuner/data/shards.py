@@ -1,7 +1,8 @@
 """The tile shard format: one Parquet file of tiles of one view, size and split.
 
-A row is one tile (raw uint8 pixels, zstd-compressed by Parquet) with every label and the
-non-identifying context, so the task is chosen at search time rather than baked in. Shards
+A row is one tile or whole image (raw uint8 pixels, zstd-compressed by Parquet) with every
+label and the non-identifying context, so the task is chosen at search time rather than baked
+in. Nothing from DICOM headers is stored: no names, dates, institutions or foreign IDs. Shards
 are named by the SHA-256 of their bytes, which makes them immutable and lets a re-run skip
 what is already there.
 """
@@ -15,31 +16,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SCHEMA", "LABEL_COLUMNS", "encode", "decode", "images", "content_name"]
+__all__ = ["SCHEMA", "LABELS", "LABEL_COLUMNS", "encode", "decode", "images", "content_name"]
 
-LABEL_COLUMNS = (
-    "patient_id",
-    "series",
-    "abnormality_id",
-    "abnormality_type",
-    "pathology",
-    "view",
-    "laterality",
-    "breast_density",
-    "subtlety",
-    "variant",
-)
+# The labels a task may use (see tuner/data/records.py for their values).
+LABELS = ("pathology", "abnormality_type", "lesion")
 
 SCHEMA = pa.schema(
     [
         ("image", pa.binary()),
         ("height", pa.int32()),
         ("width", pa.int32()),
-        ("patient_id", pa.string()),
-        ("series", pa.string()),
-        ("abnormality_id", pa.int32()),
-        ("abnormality_type", pa.string()),
         ("pathology", pa.string()),
+        ("abnormality_type", pa.string()),
+        ("lesion", pa.string()),
+        # non-identifying context: the source's own anonymised keys, view, laterality, ...
+        ("patient_id", pa.string()),
+        ("image_id", pa.string()),
+        ("abnormality_id", pa.int32()),
         ("view", pa.string()),
         ("laterality", pa.string()),
         ("breast_density", pa.int32()),
@@ -47,6 +40,7 @@ SCHEMA = pa.schema(
         ("variant", pa.int32()),
     ]
 )
+LABEL_COLUMNS = tuple(name for name in SCHEMA.names if name not in ("image", "height", "width"))
 
 
 def encode(rows: list[dict]) -> bytes:

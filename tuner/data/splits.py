@@ -1,51 +1,72 @@
 """Patient-level splits: every image of a patient lands on one side.
 
-The official CBIS-DDSM split is kept; a validation split is carved from train by patient,
-seeded and stratified by label. Patients listed in a train file of one abnormality type and a
-test file of the other go to test in full, so the official test set stays complete and no
-patient is on two sides.
+An official split is kept where the source has one (CBIS-DDSM). Patients listed in a train
+file of one abnormality type and a test file of the other go to test in full, so the official
+test set stays complete and no patient is on two sides. Sources without an official split
+(mini-MIAS) get a test split carved by patient. A validation split is always carved from
+train by patient, seeded and stratified by malignancy (scikit-learn's StratifiedGroupKFold).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
-
-from tuner.data.cbis_ddsm import Abnormality
 
 __all__ = ["SPLITS", "assign_splits"]
 
 SPLITS = ("train", "val", "test")
 
 
+def _carve(patients: dict[str, int], fraction: float, seed: int) -> set[str]:
+    """About ``fraction`` of ``patients`` (patient -> label), stratified by label."""
+    if fraction <= 0 or len(patients) < 2:
+        return set()
+    names = sorted(patients)
+    labels = np.array([patients[p] for p in names])
+    folds = min(max(2, int(round(1 / fraction))), len(names))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    _, chosen = next(splitter.split(np.zeros(len(names)), labels, np.array(names)))
+    return {names[i] for i in chosen}
+
+
 def assign_splits(
-    abnormalities: Sequence[Abnormality], *, val_fraction: float, seed: int
+    rows: Iterable[tuple[str, str | None, int]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> tuple[dict[str, str], dict]:
     """Assign each patient to train, val or test.
+
+    Args:
+        rows: ``(patient, official split or None, label)`` per finding or image; a patient is
+            labelled by its most severe label.
+        val_fraction: share of the training patients that become validation patients.
+        test_fraction: share of the patients without an official split that become test.
 
     Returns:
         (patient -> split, report) where the report counts the patients found in both
         official splits before resolution.
     """
     official: dict[str, set[str]] = {}
-    for a in abnormalities:
-        official.setdefault(a.patient_id, set()).add(a.official_split)
+    label: dict[str, int] = {}
+    for patient, split, value in rows:
+        official.setdefault(patient, set())
+        if split:
+            official[patient].add(split)
+        label[patient] = max(label.get(patient, 0), int(value))
     both = sorted(p for p, splits in official.items() if len(splits) > 1)
-    split = {p: ("test" if "test" in splits else "train") for p, splits in official.items()}
-
-    train_rows = [a for a in abnormalities if split[a.patient_id] == "train"]
-    if val_fraction > 0 and train_rows:
-        n_folds = max(2, int(round(1 / val_fraction)))
-        labels = np.array([a.pathology == "MALIGNANT" for a in train_rows], dtype=int)
-        groups = np.array([a.patient_id for a in train_rows])
-        n_folds = min(n_folds, len(set(groups)))
-        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        _, val_index = next(folds.split(np.zeros(len(labels)), labels, groups))
-        for patient in set(groups[val_index]):
-            split[patient] = "val"
-
+    split = {p: ("test" if "test" in s else "train") for p, s in official.items() if s}
+    unassigned = {p: label[p] for p, s in official.items() if not s}
+    for patient in unassigned:
+        split[patient] = "train"
+    for patient in _carve(unassigned, test_fraction, seed):
+        split[patient] = "test"
+    training = {p: label[p] for p, s in split.items() if s == "train"}
+    for patient in _carve(training, val_fraction, seed + 1):
+        split[patient] = "val"
     report = {
         "rule": "patients in both official splits go to test",
         "patients_in_official_train_and_test": len(both),

@@ -1,9 +1,10 @@
 """Streaming tiles from shards to a trial, never holding the whole dataset in memory.
 
-Only the shards of the view, size and split a trial asks for are read, in a seeded order that
-changes each epoch, through a shuffle buffer; DataLoader workers split the shards between
-them. Shards are found through the manifest, never by listing folders, so a dataset that is
-still being written is invisible.
+Only the shards of the tile kind (view, size, enhancement) and split a trial asks for are
+read, in a seeded order that changes each epoch, through a shuffle buffer. Data-parallel
+ranks and DataLoader workers split the shards between them. Remote shards go through the
+node-local cache, so trials on one node fetch each shard once. Shards are found through the
+manifest, never by listing folders, so a dataset that is still being written is invisible.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from tuner import storage
 from tuner.data import shards
-from tuner.data.prepare import FORMAT, MANIFEST
+from tuner.data.cache import ShardCache
+from tuner.data.prepare import FORMAT, MANIFEST, tile_key
 from tuner.data.tasks import Task
 from tuner.errors import UserError
 
-__all__ = ["load_manifest", "split_entry", "TileStream", "default_augment"]
+__all__ = [
+    "load_manifest",
+    "split_entry",
+    "TileStream",
+    "default_augment",
+    "flip_rot90",
+]
 
 
 def load_manifest(dataset: str) -> dict:
@@ -31,6 +39,7 @@ def load_manifest(dataset: str) -> dict:
     """
     if not dataset:
         raise UserError("no data URL given; pass --data with the output folder of `prepare`")
+    storage.check_location(dataset)
     url = storage.join(dataset, MANIFEST)
     if not storage.exists(url):
         raise UserError(
@@ -46,52 +55,73 @@ def load_manifest(dataset: str) -> dict:
     return manifest
 
 
-def split_entry(manifest: dict, view: str, size: int, split: str) -> dict:
-    """The manifest entry of one view, size and split.
+def split_entry(manifest: dict, view: str, size: int, split: str, enhance: str = "none") -> dict:
+    """The manifest entry of one tile kind and split.
 
     Raises:
-        UserError: the dataset was not prepared with that view, size or split.
+        UserError: the dataset was not prepared with that view, size, enhancement or split.
     """
-    views = manifest["views"]
-    if view not in views:
-        raise UserError(f"dataset has no view {view!r}; it has: {', '.join(sorted(views))}")
-    sizes = views[view]
-    if str(size) not in sizes:
+    key = tile_key(view, size, enhance)
+    if key not in manifest["tiles"]:
         raise UserError(
-            f"dataset has no {view} tiles of size {size}; it has: "
-            f"{', '.join(sorted(sizes, key=int))} (prepare again with --sizes)"
+            f"dataset has no {key} tiles (view {view}, size {size}, enhancement {enhance}); "
+            f"it has: {', '.join(manifest['tiles']) or 'none'} (prepare again with --views, "
+            "--sizes, --whole-sizes or --enhance)"
         )
-    if split not in sizes[str(size)] or not sizes[str(size)][split]["rows"]:
-        raise UserError(f"dataset has no {split!r} tiles for {view}-{size}")
-    return sizes[str(size)][split]
+    splits = manifest["tiles"][key]["splits"]
+    if split not in splits or not splits[split]["rows"]:
+        raise UserError(f"dataset has no {split!r} tiles for {key}")
+    return splits[split]
 
 
-def default_augment():
-    """Training-time augmentation: flips, 90-degree turns, small affine and contrast."""
+def default_augment(*, square: bool = True, flips: bool = True):
+    """Training-time augmentation on CPU: flips and 90-degree turns (turns for square tiles
+    only, as they would change a whole image's shape; neither when :func:`flip_rot90` does
+    them on the GPU), small affine and contrast changes."""
     import albumentations as A
 
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.05, 0.05), p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ]
-    )
+    steps = []
+    if flips:
+        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+        if square:
+            steps.append(A.RandomRotate90(p=0.5))
+    steps += [
+        A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.05, 0.05), p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ]
+    return A.Compose(steps)
+
+
+def flip_rot90(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips and quarter turns of a (N, C, H, W) batch, on whatever device it is on:
+    the GPU option for square tiles, instead of doing them per sample on CPU workers."""
+    n = batch.shape[0]
+    device = batch.device
+    draw = torch.rand(n, 2, generator=generator, device="cpu").to(device)
+    turns = torch.randint(0, 4, (n,), generator=generator, device="cpu").to(device)
+    out = torch.where((draw[:, 0] < 0.5).view(-1, 1, 1, 1), batch.flip(-1), batch)
+    out = torch.where((draw[:, 1] < 0.5).view(-1, 1, 1, 1), out.flip(-2), out)
+    if batch.shape[-1] == batch.shape[-2]:
+        for k in (1, 2, 3):
+            chosen = turns == k
+            if chosen.any():
+                out[chosen] = torch.rot90(out[chosen], k, dims=(-2, -1))
+    return out
 
 
 class TileStream(IterableDataset):
-    """Yields ``(tile, label)``: a uint8 tensor (1, size, size) and an int64 class index.
+    """Yields ``(tile, label)``: a uint8 tensor (1, H, W) and an int64 class index.
 
     Args:
         dataset: URL of a prepared dataset.
         manifest: its manifest (see :func:`load_manifest`).
-        task: which label to yield.
+        task: which label to yield; rows outside the task are skipped.
         shuffle: shuffle shard order and rows (through a buffer of ``buffer_size`` tiles).
         seed: base of the shuffle; :meth:`set_epoch` varies it per epoch.
         augment: an albumentations ``Compose`` applied to each uint8 tile, or None; it is
             reseeded from ``seed``, the epoch and the worker at every pass.
+        rank, world_size: this reader's share of the shards in data-parallel training.
+        cache: the node-local shard cache (default: one at ``MAMMOTUNE_CACHE_DIR``).
     """
 
     def __init__(
@@ -103,24 +133,31 @@ class TileStream(IterableDataset):
         size: int,
         split: str,
         task: Task,
+        enhance: str = "none",
         shuffle: bool = False,
         seed: int = 0,
         buffer_size: int = 512,
         augment=None,
+        rank: int = 0,
+        world_size: int = 1,
+        cache: ShardCache | None = None,
     ):
         self.dataset = storage.normalize(dataset)
-        self.entry = split_entry(manifest, view, size, split)
+        self.entry = split_entry(manifest, view, size, split, enhance)
         self.task = task
         self.shuffle = shuffle
         self.seed = seed
         self.buffer_size = buffer_size
         self.augment = augment
+        self.rank, self.world_size = rank, world_size
+        self.cache = cache
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        """Rows of this split of the tile kind (before the task's filtering)."""
         return self.entry["rows"]
 
     def _shards(self) -> list[dict]:
@@ -128,33 +165,49 @@ class TileStream(IterableDataset):
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(listed))
             listed = [listed[i] for i in order]
+        listed = listed[self.rank :: self.world_size]
         worker = get_worker_info()
         if worker is not None:
             listed = listed[worker.id :: worker.num_workers]
         return listed
 
-    def _rows(self) -> Iterator[tuple[np.ndarray, int]]:
-        columns = ["image", "height", "width", self.task.column]
-        for shard in self._shards():
-            fs, path = storage.filesystem(storage.join(self.dataset, shard["path"]))
+    def _read(self, shard: dict, columns: list[str]):
+        url = storage.join(self.dataset, shard["path"])
+        if self.cache is None and not (storage.is_local(url) or storage.is_process_local(url)):
+            self.cache = ShardCache()
+        if self.cache is None:
+            fs, path = storage.filesystem(url)
             with fs.open(path, "rb") as f:
-                table = shards.decode(f, columns=columns)
+                return shards.decode(f, columns=columns)
+        local = self.cache.path(url, shard["sha256"])
+        try:
+            return shards.decode(local, columns=columns)
+        except Exception as exc:  # a corrupt local copy: drop it and fetch again once
+            self.cache.evict(url, shard["sha256"], str(exc))
+            return shards.decode(self.cache.path(url, shard["sha256"]), columns=columns)
+
+    def _rows(self) -> Iterator[tuple[np.ndarray, int]]:
+        columns = ["image", "height", "width", *self.task.columns]
+        for shard in self._shards():
+            table = self._read(shard, columns)
             tiles = shards.images(table)
-            values = table.column(self.task.column).to_pylist()
-            for tile, value in zip(tiles, values, strict=True):
-                if value in self.task.mapping:
-                    yield tile, self.task.mapping[value]
+            values = zip(*(table.column(c).to_pylist() for c in self.task.columns), strict=True)
+            for tile, key in zip(tiles, values, strict=True):
+                label = self.task.label(key)
+                if label is not None:
+                    yield tile, label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
-        rng = np.random.default_rng([self.seed, self.epoch, worker.id if worker else 0, 1])
+        rng = np.random.default_rng(
+            [self.seed, self.epoch, self.rank, worker.id if worker else 0, 1]
+        )
         if self.augment is not None:
-            # Reproducible, and different per epoch and per DataLoader worker (each worker
+            # Reproducible, and different per epoch, rank and DataLoader worker (each worker
             # holds a copy of the transform, which would otherwise repeat the same draws).
             self.augment.set_random_seed(int(rng.integers(2**31)))
         buffer: list[tuple[np.ndarray, int]] = []
-        rows = self._rows()
-        for row in rows:
+        for row in self._rows():
             if not self.shuffle:
                 yield self._sample(*row)
                 continue

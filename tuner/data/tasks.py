@@ -11,42 +11,60 @@ __all__ = ["Task", "TASKS", "get_task"]
 
 @dataclass(frozen=True)
 class Task:
-    """Which column of a shard is the label, and how its values map to class indices."""
+    """Which label columns define the class, and how their values map to class indices.
+    Rows whose values are not in ``mapping`` (for example tissue tiles in a benign/malignant
+    task) are not part of the task."""
 
     name: str
-    column: str
+    columns: tuple[str, ...]
     classes: tuple[str, ...]
-    mapping: dict[str, int]
+    mapping: dict[tuple[str, ...], int]
 
-    @property
-    def positive(self) -> str:
-        """The class whose probability is reported (binary tasks: the second class)."""
-        return self.classes[-1]
+    def label(self, values: tuple[str, ...]) -> int | None:
+        return self.mapping.get(values)
 
     def counts(self, split_entry: dict) -> list[int]:
-        """Tiles per class in one split of a manifest view (for class weights)."""
+        """Rows per class in one split of a manifest entry (for class weights)."""
         counts = [0] * len(self.classes)
-        for value, n in split_entry[self.column].items():
-            if value in self.mapping:
-                counts[self.mapping[value]] += n
+        for combination in split_entry["counts"]:
+            index = self.label(tuple(combination[c] for c in self.columns))
+            if index is not None:
+                counts[index] += combination["rows"]
         return counts
 
+
+_BENIGN = ("BENIGN", "BENIGN_WITHOUT_CALLBACK")
+_TYPES = ("mass", "calcification")
 
 TASKS = {
     task.name: task
     for task in (
         Task(
             "benign_vs_malignant",
-            "pathology",
+            ("pathology",),
             ("benign", "malignant"),
-            # BENIGN_WITHOUT_CALLBACK stays its own value in the shards; benign for this task.
-            {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0, "MALIGNANT": 1},
+            # BENIGN_WITHOUT_CALLBACK stays its own value in the shards; benign here.
+            {("BENIGN",): 0, ("BENIGN_WITHOUT_CALLBACK",): 0, ("MALIGNANT",): 1},
         ),
         Task(
             "mass_vs_calcification",
-            "abnormality_type",
-            ("mass", "calcification"),
-            {"mass": 0, "calcification": 1},
+            ("abnormality_type",),
+            _TYPES,
+            {(t,): i for i, t in enumerate(_TYPES)},
+        ),
+        Task(
+            "lesion_vs_tissue", ("lesion",), ("tissue", "lesion"), {("tissue",): 0, ("lesion",): 1}
+        ),
+        Task(
+            "four_class",
+            ("pathology", "abnormality_type"),
+            ("benign_mass", "malignant_mass", "benign_calcification", "malignant_calcification"),
+            {
+                **{(p, "mass"): 0 for p in _BENIGN},
+                ("MALIGNANT", "mass"): 1,
+                **{(p, "calcification"): 2 for p in _BENIGN},
+                ("MALIGNANT", "calcification"): 3,
+            },
         ),
     )
 }

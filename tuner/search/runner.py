@@ -80,8 +80,9 @@ def plan_search(
         space = space.model_copy(update={"trials": trials})
     manifest = load_manifest(data)
     for size in space.input_sizes():
-        for split in ("train", "val"):
-            split_entry(manifest, space.view, size, split)
+        for enhance in space.values("enhance", TrialConfig().enhance):
+            for split in ("train", "val"):
+                split_entry(manifest, space.view, size, split, enhance)
 
     if "imagenet" in space.values("transfer", TrialConfig().transfer):
         for name in space.values("backbone", TrialConfig().backbone):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from tuner.data.preprocess import ENHANCEMENTS
 from tuner.data.tasks import TASKS
 from tuner.errors import unknown_choice
 from tuner.models.backbones import get_spec
@@ -26,6 +27,7 @@ SEARCHABLE = (
     "dropout",
     "input_size",
     "transfer",
+    "enhance",
     "lr",
     "weight_decay",
     "batch_size",
@@ -33,7 +35,7 @@ SEARCHABLE = (
 )
 
 # Settings a space may only list (names), and settings that are whole numbers.
-CATEGORICAL_ONLY = ("backbone", "class_weight", "transfer")
+CATEGORICAL_ONLY = ("backbone", "class_weight", "transfer", "enhance")
 WHOLE_NUMBERS = ("input_size", "batch_size", "epochs")
 
 
@@ -47,19 +49,21 @@ class TrialConfig(BaseModel):
     backbone: str = "mobilenet_v2"
     class_weight: str | float = "none"
     dropout: float = 0.2
-    input_size: int = 224
+    input_size: int = 224  # ROI tile side, or the whole image's long side
     transfer: str = "random"
+    enhance: str = "none"  # none, equalize or clahe: which prepared tiles to read
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32
     epochs: int = 10
     # set by the runner
     data: str = ""
-    view: Literal["roi"] = "roi"
+    view: Literal["roi", "whole"] = "roi"
     task: str = "benign_vs_malignant"
     weights_dir: str | None = None
     seed: int = 0
     loader_workers: int = 0
+    augment_on_gpu: bool = False  # flips and quarter turns on the GPU instead of CPU workers
 
     @field_validator("backbone")
     @classmethod
@@ -72,6 +76,13 @@ class TrialConfig(BaseModel):
     def _transfer(cls, value: str) -> str:
         if value not in TRANSFERS:
             raise ValueError(unknown_choice("transfer", value, TRANSFERS))
+        return value
+
+    @field_validator("enhance")
+    @classmethod
+    def _enhance(cls, value: str) -> str:
+        if value not in ENHANCEMENTS:
+            raise ValueError(unknown_choice("enhance", value, ENHANCEMENTS))
         return value
 
     @field_validator("task")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["binary_metrics"]
+__all__ = ["binary_metrics", "classification_metrics"]
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict:
@@ -30,4 +30,31 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "specificity": float(skm.recall_score(labels, predicted, pos_label=0, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if both else math.nan,
+    }
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """The metrics of :func:`binary_metrics` for two classes (``probabilities`` of shape
+    (N, 2)); for more classes, macro averages over the classes (one-vs-rest ROC AUC,
+    specificity per class from the confusion matrices)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1] == 2:
+        return binary_metrics(labels, probabilities[:, 1])
+    labels = np.asarray(labels).astype(int)
+    classes = np.arange(probabilities.shape[1])
+    predicted = probabilities.argmax(axis=1)
+    matrices = skm.multilabel_confusion_matrix(labels, predicted, labels=classes)
+    specificity = [tn / (tn + fp) if tn + fp else 0.0 for (tn, fp), _ in matrices]
+    try:
+        auc = float(skm.roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+    except ValueError:  # a class missing from labels
+        auc = math.nan
+    average = dict(average="macro", labels=classes, zero_division=0)
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, **average)),
+        "recall": float(skm.recall_score(labels, predicted, **average)),
+        "specificity": float(np.mean(specificity)),
+        "f1": float(skm.f1_score(labels, predicted, **average)),
+        "roc_auc": auc,
     }

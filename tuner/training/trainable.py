@@ -16,12 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import tuner
-from tuner.data.stream import TileStream, default_augment, load_manifest, split_entry
+from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.models.classifier import ModelArgs, build_model
 from tuner.training.checkpoint import META, STATE, save_checkpoint
 from tuner.training.config import TrialConfig
-from tuner.training.metrics import binary_metrics
+from tuner.training.metrics import classification_metrics
 
 __all__ = ["REPORTED_METRICS", "train_one_epoch", "evaluate", "class_weights", "train_trial"]
 
@@ -39,12 +39,26 @@ REPORTED_METRICS = (
 
 
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device | str = "cpu",
+    batch_augment=None,
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, images seen and images per second."""
+    """One pass over ``loader``; returns mean loss, images seen and images per second.
+
+    Args:
+        batch_augment: optional function applied to each batch on ``device`` (for example
+            :func:`tuner.data.stream.flip_rot90` on a GPU).
+    """
     model.train()
     total, images, started = 0.0, 0, time.perf_counter()
     for tiles, labels in loader:
+        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if batch_augment is not None:
+            tiles = batch_augment(tiles)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(tiles), labels)
         loss.backward()
@@ -56,20 +70,23 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> dict:
-    """Mean loss, labels and positive-class probabilities over ``loader``."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, *, device: torch.device | str = "cpu"
+) -> dict:
+    """Mean loss, labels and class probabilities (N, classes) over ``loader``."""
     model.eval()
     total, labels, probabilities = 0.0, [], []
     for tiles, target in loader:
+        tiles, target = tiles.to(device), target.to(device)
         logits = model(tiles)
         total += loss_fn(logits, target).item() * len(target)
-        labels.append(target.numpy())
-        probabilities.append(torch.softmax(logits, dim=1)[:, -1].numpy())
+        labels.append(target.cpu().numpy())
+        probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
     labels_np = np.concatenate(labels) if labels else np.zeros(0, int)
     return {
         "loss": total / max(len(labels_np), 1),
         "labels": labels_np,
-        "probabilities": np.concatenate(probabilities) if probabilities else np.zeros(0),
+        "probabilities": np.concatenate(probabilities) if probabilities else np.zeros((0, 2)),
     }
 
 
@@ -106,25 +123,35 @@ def train_trial(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     manifest = load_manifest(cfg.data)
     task = get_task(cfg.task)
-    counts = task.counts(split_entry(manifest, cfg.view, cfg.input_size, "train"))
+    counts = task.counts(split_entry(manifest, cfg.view, cfg.input_size, "train", cfg.enhance))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     args = ModelArgs(backbone=cfg.backbone, num_classes=len(task.classes), dropout=cfg.dropout)
-    model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir)
+    model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg.class_weight, counts))
+    weights = class_weights(cfg.class_weight, counts)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
 
-    stream = dict(view=cfg.view, size=cfg.input_size, task=task)
+    stream = dict(view=cfg.view, size=cfg.input_size, enhance=cfg.enhance, task=task)
+    square = cfg.view == "roi"  # whole images are 1.5:1, so no quarter turns
+    on_gpu = cfg.augment_on_gpu and device.type == "cuda"
+    batch_augment = flip_rot90 if on_gpu else None
     train_set = TileStream(
         cfg.data,
         manifest,
         split="train",
         shuffle=True,
         seed=cfg.seed,
-        augment=default_augment(),
+        augment=default_augment(square=square, flips=not on_gpu),
         **stream,
     )
     val_set = TileStream(cfg.data, manifest, split="val", **stream)
-    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.loader_workers)
+    loader = dict(
+        batch_size=cfg.batch_size,
+        num_workers=cfg.loader_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.loader_workers > 0,
+    )
     train_loader = DataLoader(train_set, **loader)
     val_loader = DataLoader(val_set, **loader)
 
@@ -137,14 +164,16 @@ def train_trial(config: dict) -> None:
             with open(f"{directory}/{META}") as f:
                 start_epoch = int(json.load(f)["epoch"])
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves its state to the model's device
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         train_set.set_epoch(epoch)
-        trained = train_one_epoch(model, train_loader, loss_fn, optimizer)
-        validated = evaluate(model, val_loader, loss_fn)
-        scores = binary_metrics(validated["labels"], validated["probabilities"])
+        trained = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, device=device, batch_augment=batch_augment
+        )
+        validated = evaluate(model, val_loader, loss_fn, device=device)
+        scores = classification_metrics(validated["labels"], validated["probabilities"])
         metrics = {
             "epoch": epoch + 1,
             "train_loss": trained["loss"],
