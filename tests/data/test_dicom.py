@@ -66,7 +66,8 @@ def test_every_file_decodes_or_gives_a_clear_error(path):
             assert "no pixel data" in message
         return
     assert path.name not in EXPECTED_FAILURES
-    assert pixels.ndim == 2 and pixels.dtype == np.float32 and pixels.size > 0
+    assert pixels.ndim == 2 and pixels.size > 0
+    assert pixels.dtype == np.float32 or pixels.dtype.kind in "ui"
     assert np.isfinite(pixels).all()
 
 

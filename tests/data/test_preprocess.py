@@ -62,7 +62,9 @@ def test_roi_boxes_keep_the_roi_inside(mammogram):
 def test_tissue_boxes_stay_in_the_breast_away_from_lesions(mammogram):
     pixels, _, lesion = mammogram
     breast = breast_mask(pixels)
-    boxes = tissue_boxes(pixels, breast, lesion, side=48, count=5, rng=np.random.default_rng(2))
+    boxes = tissue_boxes(
+        pixels, breast, [preprocess.roi_box(lesion)], side=48, count=5, rng=np.random.default_rng(2)
+    )
     assert boxes
     for box in boxes:
         window = (slice(box.y0, box.y0 + 48), slice(box.x0, box.x0 + 48))

@@ -16,7 +16,7 @@ import io
 import posixpath
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -104,9 +104,6 @@ class Abnormality:
     image_series: str  # series folder of the full mammogram
     roi_series: str  # series folder(s) of the cropped image and ROI mask
     crop_series: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def series_folder(path: str) -> str | None:
@@ -256,7 +253,7 @@ class CbisDdsmSource:
 
     @staticmethod
     def load_image(url: str) -> np.ndarray:
-        """Decode a full mammogram (float32, bright = dense)."""
+        """Decode a full mammogram (bright = dense; see :func:`tuner.data.dicom.decode`)."""
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as f:
             return read_image(f, name=posixpath.basename(url))

@@ -74,7 +74,8 @@ def read_dataset(fileobj: BinaryIO | str, *, name: str | None = None) -> Dataset
 
 
 def decode(ds: Dataset, *, frame: int = 0, name: str | None = None) -> np.ndarray:
-    """Decode one frame of a dataset to float32 (rows, columns), bright = dense.
+    """Decode one frame of a dataset to a (rows, columns) array, bright = dense: the stored
+    8- or 16-bit integers when no LUT or inversion changes them, float32 otherwise.
 
     Colour images are turned into luminance; multi-frame images give frame ``frame``.
 
@@ -115,10 +116,14 @@ def decode(ds: Dataset, *, frame: int = 0, name: str | None = None) -> np.ndarra
     values = apply_modality_lut(stored, ds)
     if "WindowCenter" in ds or "VOILUTSequence" in ds:
         values = apply_voi_lut(values, ds)
-    values = np.asarray(values, dtype=np.float32)
     if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        values = values.max() + values.min() - values
-    return values
+        values = np.asarray(values, np.float32)
+        return values.max() + values.min() - values
+    # Stored integers that no LUT changed stay integers: a full mammogram is 15 million
+    # pixels, and a float copy of it costs more than everything prepare does with it.
+    if values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
+        return values
+    return np.asarray(values, np.float32)
 
 
 def _decoder_available(syntax) -> bool:

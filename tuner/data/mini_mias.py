@@ -172,14 +172,14 @@ class MiniMiasSource:
 
     @staticmethod
     def load_image(url: str) -> np.ndarray:
-        """Decode a PGM mammogram (float32, bright = dense)."""
+        """Decode a PGM mammogram (its 8-bit values, bright = dense)."""
         import cv2
 
         data = storage.read_bytes(url)
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if pixels is None or pixels.ndim != 2 or pixels.size == 0:
             raise UserError(f"{posixpath.basename(url)}: not a readable greyscale PGM image")
-        return pixels.astype(np.float32)
+        return pixels
 
     @staticmethod
     def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:

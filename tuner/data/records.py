@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["PATHOLOGIES", "SEVERITY", "Finding", "ImageRecord", "worst_finding"]
+__all__ = ["SEVERITY", "Finding", "ImageRecord", "worst_finding"]
 
-PATHOLOGIES = ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT", "NORMAL")
-# Order used to label a whole image by its most severe finding.
+# Every pathology value, in the order used to label a whole image by its worst finding.
 SEVERITY = {"NORMAL": 0, "BENIGN_WITHOUT_CALLBACK": 1, "BENIGN": 2, "MALIGNANT": 3}
 
 

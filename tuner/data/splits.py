@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 __all__ = ["SPLITS", "assign_splits"]
 
@@ -21,6 +20,8 @@ SPLITS = ("train", "val", "test")
 
 def _carve(patients: dict[str, int], fraction: float, seed: int) -> set[str]:
     """About ``fraction`` of ``patients`` (patient -> label), stratified by label."""
+    from sklearn.model_selection import StratifiedGroupKFold  # slow import, planning only
+
     if fraction <= 0 or len(patients) < 2:
         return set()
     names = sorted(patients)

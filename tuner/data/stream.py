@@ -10,6 +10,7 @@ manifest, never by listing folders, so a dataset that is still being written is 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -171,11 +172,12 @@ class TileStream(IterableDataset):
             listed = listed[worker.id :: worker.num_workers]
         return listed
 
+    def _remote(self) -> bool:
+        return not (storage.is_local(self.dataset) or storage.is_process_local(self.dataset))
+
     def _read(self, shard: dict, columns: list[str]):
         url = storage.join(self.dataset, shard["path"])
-        if self.cache is None and not (storage.is_local(url) or storage.is_process_local(url)):
-            self.cache = ShardCache()
-        if self.cache is None:
+        if not self._remote():
             fs, path = storage.filesystem(url)
             with fs.open(path, "rb") as f:
                 return shards.decode(f, columns=columns)
@@ -188,14 +190,33 @@ class TileStream(IterableDataset):
 
     def _rows(self) -> Iterator[tuple[np.ndarray, int]]:
         columns = ["image", "height", "width", *self.task.columns]
-        for shard in self._shards():
-            table = self._read(shard, columns)
-            tiles = shards.images(table)
-            values = zip(*(table.column(c).to_pylist() for c in self.task.columns), strict=True)
-            for tile, key in zip(tiles, values, strict=True):
-                label = self.task.label(key)
-                if label is not None:
-                    yield tile, label
+        listed = self._shards()
+        pool, fetched = None, []
+        if self._remote():
+            # Fetch the coming shards into the node cache while this one is decoded: a cold
+            # epoch overlaps downloads with work (the copies go to disk, not to memory).
+            self.cache = self.cache or ShardCache()
+            pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-fetch")
+            fetched = [
+                pool.submit(self.cache.path, storage.join(self.dataset, s["path"]), s["sha256"])
+                for s in listed
+            ]
+        try:
+            for index, shard in enumerate(listed):
+                if fetched:
+                    fetched[index].result()
+                table = self._read(shard, columns)
+                tiles = shards.images(table)
+                values = zip(*(table.column(c).to_pylist() for c in self.task.columns), strict=True)
+                for tile, key in zip(tiles, values, strict=True):
+                    label = self.task.label(key)
+                    if label is not None:
+                        # A copy: a view would keep its whole shard alive in the shuffle
+                        # buffer, and memory would grow with the shards the buffer touches.
+                        yield tile.copy(), label
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
@@ -223,6 +244,5 @@ class TileStream(IterableDataset):
 
     def _sample(self, tile: np.ndarray, label: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.augment is not None:
-            tile = self.augment(image=tile)["image"]
-        # Copy: tiles decoded from a shard are read-only views of its buffer.
-        return torch.tensor(tile)[None], torch.tensor(label)
+            tile = np.ascontiguousarray(self.augment(image=tile)["image"])
+        return torch.from_numpy(tile)[None], torch.tensor(label)
