@@ -104,3 +104,46 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("quickstart", "synth", "prepare", "search", "best"):
         assert command in result.stdout
+
+
+def test_prepare_into_a_bucket_that_does_not_exist(synthetic_source, s3_server):
+    result = run("prepare", str(synthetic_source), "s3://no-such-bucket/ds")
+    assert_one_line_error(result, "bucket 'no-such-bucket'", "does not exist")
+
+
+def test_prepare_without_credentials(synthetic_source, s3_server, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = run("prepare", str(synthetic_source), "s3://anything/ds")
+    assert_one_line_error(result, "Unable to locate credentials", "AWS_ACCESS_KEY_ID")
+
+
+def test_prepare_with_an_unknown_enhancement(synthetic_source, tmp_path):
+    result = run(
+        "prepare", str(synthetic_source), str(tmp_path / "ds"), "--enhance", "none,sharpen"
+    )
+    assert_one_line_error(result, "unknown enhancement 'sharpen'", "clahe")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_synth_mini_mias_and_prepare_it(tmp_path, ray_local):
+    assert (
+        run("synth", str(tmp_path / "mias"), "--format", "mini-mias", "--patients", "10").returncode
+        == 0
+    )
+    assert (tmp_path / "mias" / "Info.txt").is_file()
+    result = run(
+        "prepare",
+        str(tmp_path / "mias"),
+        str(tmp_path / "ds"),
+        "--views",
+        "whole",
+        "--whole-sizes",
+        "64",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mini-mias" in result.stdout and "whole-64" in result.stdout
+    assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr

@@ -61,6 +61,12 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(normalize(url))
 
 
+_CREDENTIALS = (
+    "check the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_PROFILE) or the instance role"
+)
+
+
 def check_location(url: str, *, must_exist: bool = False) -> None:
     """Fail early, with one clear line, when ``url`` cannot be used: its bucket does not
     exist, access is denied, or (``must_exist``) nothing is there.
@@ -83,12 +89,20 @@ def check_location(url: str, *, must_exist: bool = False) -> None:
                 ) from None
         if must_exist and not fs.exists(path):
             raise UserError(f"{normalize(url)} does not exist")
+    except UserError:
+        raise
     except PermissionError as exc:
         raise UserError(
-            f"access denied to {normalize(url)} ({str(exc).splitlines()[0]}); check the "
-            "credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE) or the instance role"
+            f"access denied to {normalize(url)} ({str(exc).splitlines()[0]}); {_CREDENTIALS}"
         ) from None
+    except Exception as exc:  # botocore's NoCredentialsError, EndpointConnectionError, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = (
+            _CREDENTIALS
+            if "credential" in reason.lower()
+            else "check the URL and the endpoint (AWS_ENDPOINT_URL or --endpoint-url)"
+        )
+        raise UserError(f"cannot use {normalize(url)} ({reason}); {hint}") from None
 
 
 def join(url: str, *parts: str) -> str:

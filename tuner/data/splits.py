@@ -9,6 +9,7 @@ train by patient, seeded and stratified by malignancy (scikit-learn's Stratified
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -28,7 +29,11 @@ def _carve(patients: dict[str, int], fraction: float, seed: int) -> set[str]:
     labels = np.array([patients[p] for p in names])
     folds = min(max(2, int(round(1 / fraction))), len(names))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    _, chosen = next(splitter.split(np.zeros(len(names)), labels, np.array(names)))
+    with warnings.catch_warnings():
+        # Small datasets (a few malignant patients) cannot be stratified exactly; the split
+        # is still by patient, which is what must hold.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        _, chosen = next(splitter.split(np.zeros(len(names)), labels, np.array(names)))
     return {names[i] for i in chosen}
 
 
