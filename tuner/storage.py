@@ -22,6 +22,7 @@ __all__ = [
     "is_local",
     "is_process_local",
     "check_location",
+    "Folder",
     "exists",
     "read_bytes",
     "write_bytes",
@@ -108,6 +109,26 @@ def check_location(url: str, *, must_exist: bool = False) -> None:
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL with ``/`` (also for local paths)."""
     return posixpath.join(normalize(url), *parts)
+
+
+class Folder:
+    """A folder (or bucket prefix) listed once: its filesystem, path, files and their URLs."""
+
+    def __init__(self, root: str, files: list[str] | None = None):
+        self.root = normalize(root)
+        self.fs, self.path = filesystem(self.root)
+        if files is None:
+            check_location(self.root, must_exist=True)
+            files = self.fs.find(self.path)
+        self.files = sorted(files)
+
+    def url(self, path: str) -> str:
+        """The URL of a listed file (a plain path on the local disk)."""
+        return path if is_local(self.root) else self.fs.unstrip_protocol(path)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open(path, "rb") as f:
+            return f.read()
 
 
 def exists(url: str) -> bool:

@@ -133,12 +133,12 @@ class CbisDdsmSource:
     default_context_px = 598  # Scuccimarra's tile at CBIS-DDSM's ~50 um/pixel
 
     def __init__(self, root: str, files: list[str] | None = None):
-        self.root = storage.normalize(root)
-        self._fs, self._base = storage.filesystem(self.root)
-        if files is None:
-            storage.check_location(self.root, must_exist=True)
-            files = self._fs.find(self._base)
-        self._files = sorted(files)
+        self._folder = storage.Folder(root, files)
+        self.root, self._files, self._base = (
+            self._folder.root,
+            self._folder.files,
+            self._folder.path,
+        )
         by_name = {posixpath.basename(p): p for p in self._files if p.endswith(".csv")}
         missing = [name for name in CSV_FILES.values() if name not in by_name]
         if missing:
@@ -147,14 +147,7 @@ class CbisDdsmSource:
                 "(download the four case-description CSVs from TCIA next to the DICOM tree)"
             )
         self._csv = {key: by_name[name] for key, name in CSV_FILES.items()}
-        self._csv_bytes = {key: self._read(path) for key, path in self._csv.items()}
-
-    def _read(self, path: str) -> bytes:
-        with self._fs.open(path, "rb") as f:
-            return f.read()
-
-    def _url(self, path: str) -> str:
-        return path if storage.is_local(self.root) else f"{self._fs.unstrip_protocol(path)}"
+        self._csv_bytes = {key: self._folder.read(path) for key, path in self._csv.items()}
 
     def fingerprint(self) -> str:
         """SHA-256 over the CSVs' bytes and the DICOM files' relative paths."""
@@ -193,7 +186,7 @@ class CbisDdsmSource:
             if path.lower().endswith(".dcm"):
                 key = series_folder(posixpath.relpath(path, self._base))
                 if key:
-                    index[key].append(self._url(path))
+                    index[key].append(self._folder.url(path))
         return dict(index)
 
     def images(self, *, val_fraction: float, test_fraction: float, seed: int):

@@ -92,20 +92,15 @@ class MiniMiasSource:
     default_context_px = 150
 
     def __init__(self, root: str, files: list[str] | None = None):
-        self.root = storage.normalize(root)
-        self._fs, self._base = storage.filesystem(self.root)
-        if files is None:
-            storage.check_location(self.root, must_exist=True)
-            files = self._fs.find(self._base)
-        self._files = sorted(files)
-        info = [p for p in self._files if posixpath.basename(p) == INFO]
+        self._folder = storage.Folder(root, files)
+        self.root = self._folder.root
+        info = [p for p in self._folder.files if posixpath.basename(p) == INFO]
         if not info:
             raise UserError(f"{self.root} is not a mini-MIAS folder: {INFO} not found")
-        with self._fs.open(info[0], "rb") as f:
-            self._info = f.read()
+        self._info = self._folder.read(info[0])
         self._pgm = {
             posixpath.basename(p).lower().removesuffix(".pgm"): p
-            for p in self._files
+            for p in self._folder.files
             if p.lower().endswith(".pgm")
         }
 
@@ -145,7 +140,7 @@ class MiniMiasSource:
                 row.ref,
                 ImageRecord(
                     image_id=row.ref,
-                    url=self._url(self._pgm[row.ref]),
+                    url=self._folder.url(self._pgm[row.ref]),
                     patient_id=patient[row.ref],
                     split=split_of[patient[row.ref]],
                     view="MLO",
@@ -166,9 +161,6 @@ class MiniMiasSource:
                 )
             )
         return list(images.values()), skipped, report
-
-    def _url(self, path: str) -> str:
-        return path if storage.is_local(self.root) else self._fs.unstrip_protocol(path)
 
     @staticmethod
     def load_image(url: str) -> np.ndarray:

@@ -26,9 +26,7 @@ def open_source(root: str, kind: str | None = None):
     Raises:
         UserError: the folder does not exist, or holds neither dataset.
     """
-    storage.check_location(root, must_exist=True)
-    fs, base = storage.filesystem(root)
-    files = fs.find(base)
+    files = storage.Folder(root).files
     if kind is None:
         names = {posixpath.basename(p) for p in files}
         if INFO in names:
