@@ -139,3 +139,17 @@ def prepared(tmp_path_factory, synthetic_source, ray_local) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "dataset"
     prepare(str(synthetic_source), str(out), prepare_params())
     return out
+
+
+TINY = REPO / "tests" / "search" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def experiment(prepared, ray_local, tmp_path_factory) -> Path:
+    """A real 3-trial search (tests/search/tiny.yaml) on the prepared dataset."""
+    from tuner.cli import main
+
+    exp = tmp_path_factory.mktemp("experiments") / "tiny"
+    code = main(["search", "--space", str(TINY), "--data", str(prepared), "--storage", str(exp)])
+    assert code == 0
+    return exp

@@ -147,3 +147,60 @@ def test_synth_mini_mias_and_prepare_it(tmp_path, ray_local):
     assert result.returncode == 0, result.stderr
     assert "mini-mias" in result.stdout and "whole-64" in result.stdout
     assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
+
+
+def _search(prepared, tmp_path, *extra):
+    return run("search", "--data", str(prepared), "--storage", str(tmp_path / "exp"), *extra)
+
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (("--space", "quick", "--set", "epochs"), ["--set 'epochs': expected KEY=VALUE"]),
+        (
+            ("--space", "quick", "--set", "backbone=[resnet18,resnet5]"),
+            ["with --set", "unknown backbone 'resnet5'"],
+        ),
+        (
+            (
+                "--space",
+                "quick",
+                *("--set", "transfer=imagenet", "--set", "input_size=48"),
+                *("--set", "backbone=[resnet18]"),
+            ),
+            ["ImageNet transfer needs weights", "weights fetch"],
+        ),
+        (
+            (
+                "--space",
+                "divide_and_conquer",
+                *("--set", "view=roi", "--set", "input_size=[48]", "--set", "enhance=none"),
+                *("--set", "backbone=[mobilenet_v2]"),
+            ),
+            ["transfer 'mias_all'", "mammotune pretrain-mias"],
+        ),
+        (("--space", "quick", "--resume", "x"), ["--resume continues", "drop --space"]),
+    ],
+)
+def test_search_overrides_and_preflight(tmp_path, prepared, extra, fragments):
+    result = _search(prepared, tmp_path, *extra)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_search_needs_its_inputs_or_resume(tmp_path):
+    assert_one_line_error(run("search", "--space", "quick"), "search needs --data, --storage")
+    assert_one_line_error(
+        run("search", "--resume", str(tmp_path / "none")), "no mammotune search", "search.json"
+    )
+
+
+def test_an_unwritable_experiment_location_fails_before_any_trial(tmp_path, prepared):
+    blocker = tmp_path / "a-file"  # a file where the experiment's parent folder should be
+    blocker.write_text("keep me")
+    result = run(
+        *("search", "--space", "quick", "--set", "input_size=[48]"),
+        *("--data", str(prepared), "--storage", str(blocker / "e")),
+    )
+    assert_one_line_error(result, "cannot write to", str(blocker))
+    assert blocker.read_text() == "keep me"

@@ -51,8 +51,33 @@ BASE = "name: t\nspace:\n  backbone: {type: categorical, choices: [resnet18]}\n"
         ("name: t\nspace: {}\n", "space:"),
         (
             "name: t\nspace:\n  lr: {type: float, low: 0.001, high: 0.01, lg: true}\n",
-            "space.lr.lg: unknown key; allowed: type, low, high, log",
+            "space.lr.lg: unknown key; allowed: type, low, high, log, when",
         ),
+        (
+            "name: t\nspace:\n  backbone: {type: categorical, choices: []}\n",
+            "space.backbone.choices: empty choice list",
+        ),
+        (
+            BASE + "  lr: {type: log-float, low: 0.001, high: 0.1, when: {trnsfer: [imagenet]}}\n",
+            "space.lr.when.trnsfer: condition on unknown dimension 'trnsfer'; dimensions: "
+            "backbone, lr",
+        ),
+        (
+            BASE + "  lr: {type: log-float, low: 0.001, high: 0.1, when: {backbone: [vgg19]}}\n",
+            "space.lr.when.backbone: 'vgg19' is not a choice of backbone; allowed: resnet18",
+        ),
+        (
+            BASE + "  lr: {type: log-float, low: 0, high: 0.1}\n",
+            "space.lr: a log range needs low > 0",
+        ),
+        (
+            "name: t\nspace:\n"
+            "  a: {type: categorical, choices: [1, 2], when: {b: [1]}}\n"
+            "  b: {type: categorical, choices: [1, 2], when: {a: [1]}}\n",
+            "conditions form a cycle among a, b",
+        ),
+        (BASE + "fixed: {backbone: resnet18}\n", "backbone both fixed and searched; keep one"),
+        (BASE + "resources: {cpu: 1, gpu: 1.5}\n", "resources.gpu: gpu 1.5: use a fraction"),
     ],
 )
 def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
@@ -99,6 +124,16 @@ def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
             "name: t\nspace:\n  backbone: {type: int, low: 1, high: 3}\n",
             "space.backbone: backbone takes type: categorical",
         ),
+        (
+            "name: t\nspace:\n  transfer: {type: categorical, choices: [mias]}\n",
+            "unknown transfer 'mias'; allowed: mias_all, imagenet_mias_head, imagenet, random",
+        ),
+        (
+            "name: t\nspace:\n  class_weight: {type: categorical, choices: [minority_x]}\n",
+            "minority_x<F>",
+        ),
+        (BASE + "fixed: {precision: fp8}\n", "fixed.precision: Input should be"),
+        (BASE + "fixed: {finetune_lr_factor: 2}\n", "finetune_lr_factor 2.0 must be in (0, 1]"),
     ],
 )
 def test_semantic_errors_name_the_key_and_allowed_values(tmp_path, text, message):

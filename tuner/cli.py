@@ -1,4 +1,5 @@
-"""The ``mammotune`` command line: quickstart, synth, prepare, search, best.
+"""The ``mammotune`` command line: quickstart, synth, prepare, pretrain-mias, weights fetch,
+search, best, evaluate, predict.
 
 User mistakes print one line naming the problem and the fix and exit with code 2.
 """
@@ -138,18 +139,42 @@ def print_manifest(manifest: dict, out: str) -> None:
 
 def cmd_search(args) -> None:
     from tuner.cluster import connect
-    from tuner.config import load_space
-    from tuner.search.runner import plan_search, run_search
+    from tuner.config import apply_overrides, load_space
+    from tuner.search.runner import check_resumable, plan_search, resume_search, run_search
 
+    if args.resume:
+        given = [f"--{n}" for n in ("space", "data", "storage") if getattr(args, n) is not None]
+        if given:
+            raise UserError(
+                f"--resume continues the search as it was started; drop {', '.join(given)}"
+            )
+        check_resumable(args.resume)  # before starting or joining a cluster
+        dashboard = connect(args.address)
+        console.print(f"resuming the search at {args.resume}")
+        if dashboard:
+            console.print(f"Ray dashboard: {dashboard}")
+        resume_search(args.resume)
+        print_leaderboard(args.resume)
+        return
+    missing = [f"--{n}" for n in ("space", "data", "storage") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"search needs {', '.join(missing)} (or --resume EXPERIMENT)")
     space_file = resolve_space(args.space)
+    space = load_space(space_file)
+    source = str(space_file)
+    if args.set:
+        space = apply_overrides(space, args.set, source)
+        source = f"{source} with --set {' '.join(args.set)}"
     plan = plan_search(
-        load_space(space_file),
-        space_file=str(space_file),
+        space,
+        space_file=source,
         data=args.data,
         experiment=args.storage,
         weights_dir=args.weights,
         trials=args.trials,
         study=args.study,
+        cpus=args.cpus_per_trial,
+        gpus=args.gpus_per_trial,
     )
     dashboard = connect(args.address)
     console.print(
@@ -159,8 +184,38 @@ def cmd_search(args) -> None:
     console.print(f"experiment: {plan.experiment}; Optuna study: {plan.study_storage}")
     if dashboard:
         console.print(f"Ray dashboard: {dashboard}")
-    run_search(plan)
+    run_search(plan, max_failures=args.max_failures)
     print_leaderboard(plan.experiment)
+
+
+def cmd_pretrain_mias(args) -> None:
+    from tuner.training.pretrain import PretrainParams, pretrain_mias
+
+    params = PretrainParams(
+        view=args.view,
+        size=args.size,
+        enhance=args.enhance,
+        head_epochs=args.head_epochs,
+        all_epochs=args.all_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    results = pretrain_mias(
+        args.data, args.weights, list(args.backbones), params, progress=console.print
+    )
+    for backbone, stages in results.items():
+        summary = ", ".join(f"{s} val AUC {m['val_roc_auc']:.3f}" for s, m in stages.items())
+        console.print(f"{backbone}: {summary}")
+
+
+def cmd_weights_fetch(args) -> None:
+    from tuner.models.backbones import get_spec, list_backbones
+    from tuner.models.weights import fetch_imagenet
+
+    names = list(args.backbones) or [n for n in list_backbones() if get_spec(n).published]
+    for url, what in fetch_imagenet(args.dest, names, base_url=args.base_url):
+        console.print(f"{url}: {what}")
 
 
 def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
@@ -199,6 +254,9 @@ def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
             _short(best.get("val_specificity")),
         )
     console.print(table)
+    for trial in board["trials"]:
+        if trial.get("error"):
+            console.print(f"trial {trial['trial_id']} errored: {trial['error']}", soft_wrap=True)
     best = board["best"]
     if best is None:
         console.print("no trial has a checkpoint yet")
@@ -216,7 +274,94 @@ def _short(value) -> str:
 
 
 def cmd_best(args) -> None:
-    print_leaderboard(args.experiment, as_json=args.json)
+    from tuner.results.leaderboard import download_checkpoint
+
+    board = print_leaderboard(args.experiment, as_json=args.json)
+    if args.download:
+        if board["best"] is None:
+            raise UserError(f"{args.experiment}: no trial has a checkpoint to download yet")
+        dest = download_checkpoint(board["best"]["checkpoint"], args.download)
+        (errors if args.json else console).print(f"best checkpoint downloaded to {dest}")
+
+
+def _checkpoints(target: str, top: int) -> list[str]:
+    """A checkpoint folder as is; an experiment's ``top`` best checkpoints."""
+    from tuner import storage
+    from tuner.results.leaderboard import leaderboard
+    from tuner.search.experiment import EXPERIMENT_FILE
+    from tuner.training.checkpoint import META
+
+    if storage.exists(storage.join(target, META)):
+        if top != 1:
+            raise UserError("--ensemble takes the best checkpoints of an experiment, not one")
+        return [target]
+    if not storage.exists(storage.join(target, EXPERIMENT_FILE)):
+        raise UserError(f"{target} is neither a checkpoint ({META}) nor an experiment")
+    ranked = [t["checkpoint"] for t in leaderboard(target)["trials"] if t["checkpoint"]]
+    if not ranked:
+        raise UserError(f"{target}: no trial has a checkpoint yet")
+    return ranked[:top]
+
+
+def cmd_evaluate(args) -> None:
+    from rich.table import Table
+
+    from tuner.results.evaluate import evaluate, write_report
+
+    if args.ensemble < 1 or not 0 < args.target_recall <= 1:
+        raise UserError("--ensemble must be >= 1 and --target-recall in (0, 1]")
+    if args.report:
+        import os
+
+        if os.path.isdir(args.report) and os.listdir(args.report):
+            raise UserError(f"{args.report} is not empty; choose a new folder for --report")
+    checkpoints = _checkpoints(args.target, args.ensemble)
+    report = evaluate(
+        checkpoints,
+        args.data,
+        split=args.split,
+        target_recall=args.target_recall,
+        resamples=args.resamples,
+    )
+    written = write_report(report, args.report) if args.report else []
+    if args.json:
+        from tuner.results.evaluate import json_safe
+
+        plain = {k: v for k, v in report.items() if not k.startswith("_")}
+        print(json.dumps(json_safe(plain), indent=2))
+        return
+    kind = f"ensemble of {len(checkpoints)}" if len(checkpoints) > 1 else "checkpoint"
+    console.print(f"{kind} on {report['split']} of {report['data']}: {report['rows']} rows")
+    for level in ("per_image", "per_breast"):
+        if level not in report:
+            continue
+        entry = report[level]
+        table = Table("metric", "value", "95% CI", title=f"{level} ({entry['rows']} rows)")
+        for name, value in entry["metrics"].items():
+            low, high = entry["intervals_95"][name]
+            table.add_row(name, _short(value), f"{_short(low)} - {_short(high)}")
+        console.print(table)
+        if "target_recall" in entry:
+            t = entry["target_recall"]
+            console.print(
+                f"threshold {t['threshold']:.3f} reaches recall {t['recall']:.3f} "
+                f"(goal {t['recall_goal']}): precision {t['precision']:.3f}, "
+                f"specificity {t['specificity']:.3f}"
+            )
+    for path in written:
+        console.print(f"wrote {path}", soft_wrap=True)
+
+
+def cmd_predict(args) -> None:
+    from tuner.results.predict import predict_files
+
+    result = predict_files(args.checkpoint, args.files, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for item in result["predictions"]:
+        probabilities = ", ".join(f"{c} {p:.3f}" for c, p in item["probabilities"].items())
+        console.print(f"{item['file']}: {item['predicted']} ({probabilities})", soft_wrap=True)
 
 
 def cmd_quickstart(args) -> None:
@@ -304,18 +449,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_prepare)
 
     p = commands.add_parser("search", help="run an Optuna-guided Ray Tune search")
-    p.add_argument("--space", required=True, help="space file or preset name (quick, ...)")
-    p.add_argument("--data", required=True, help="prepared dataset folder or URL")
-    p.add_argument("--storage", required=True, help="experiment folder or URL (new)")
+    p.add_argument("--space", help="space file or preset name (quick, divide_and_conquer, ...)")
+    p.add_argument("--data", help="prepared dataset folder or URL")
+    p.add_argument("--storage", help="experiment folder or URL (new)")
+    p.add_argument(
+        "--resume",
+        metavar="EXPERIMENT",
+        help="continue the interrupted search at this --storage location",
+    )
     p.add_argument("--trials", type=int, default=None, help="override the space's trial count")
-    p.add_argument("--weights", default=None, help="folder/URL with torchvision ImageNet files")
-    p.add_argument("--study", default=None, help="Optuna storage URL (default: SQLite)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override the space: epochs=2, backbone=[vgg19,resnet50], resources.gpu=0.5",
+    )
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="override resources.cpu")
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=None, help="override resources.gpu (0.5: two/GPU)"
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="folder/URL with ImageNet files and mini-MIAS models (weights fetch, pretrain-mias)",
+    )
+    p.add_argument(
+        "--study", default=None, help="Optuna storage: SQLAlchemy URL (default: SQLite file)"
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=1, help="retries of an errored trial (default 1)"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(run=cmd_search)
+
+    p = commands.add_parser(
+        "pretrain-mias",
+        help="train the mini-MIAS models that transfer degrees mias_all and imagenet_mias_head use",
+    )
+    p.add_argument("--data", required=True, help="a prepared mini-MIAS dataset")
+    p.add_argument(
+        "--weights", required=True, help="weights folder/URL: ImageNet files in, models out"
+    )
+    p.add_argument("--backbones", type=_names, required=True, help="e.g. mobilenet_v2,resnet50")
+    p.add_argument("--view", default="whole", help="roi or whole (default: whole, as published)")
+    p.add_argument("--size", type=int, default=224, help="tile side or whole-image long side")
+    p.add_argument("--enhance", default="none", help="none, equalize or clahe")
+    p.add_argument("--head-epochs", type=int, default=5, help="backbone frozen")
+    p.add_argument("--all-epochs", type=int, default=10, help="every layer, lr x 0.1")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_pretrain_mias)
+
+    p = commands.add_parser("weights", help="pretrained weights (explicit downloads)")
+    weights = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = weights.add_parser(
+        "fetch", help="download torchvision's ImageNet weights into a folder or bucket"
+    )
+    p.add_argument("dest", help="folder or URL (pass it to search --weights)")
+    p.add_argument(
+        "--backbones", type=_names, default=(), help="default: the five published backbones"
+    )
+    p.add_argument("--base-url", default=None, help="a mirror with torchvision's file names")
+    p.set_defaults(run=cmd_weights_fetch)
+
+    p = commands.add_parser(
+        "evaluate", help="metrics with CIs, thresholds, per-breast figures and plots on a split"
+    )
+    p.add_argument("target", help="a checkpoint folder/URL, or an experiment (its best)")
+    p.add_argument("--data", required=True, help="prepared dataset folder or URL")
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--report", metavar="DIR", help="write report.json, CSVs and PNGs here (new)")
+    p.add_argument(
+        "--ensemble", type=int, default=1, help="average the experiment's K best checkpoints"
+    )
+    p.add_argument("--target-recall", type=float, default=0.9, help="threshold table goal")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("predict", help="class probabilities for DICOM or PNG files")
+    p.add_argument("checkpoint", help="checkpoint folder or URL")
+    p.add_argument("files", nargs="+", help="DICOM, PNG, PGM, JPEG or TIFF files")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="positive-class threshold (two classes)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser("best", help="leaderboard, best config and checkpoint")
     p.add_argument("experiment", help="experiment folder or URL (the search's --storage)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--download", metavar="DIR", help="copy the best checkpoint into DIR (new)")
     p.set_defaults(run=cmd_best)
     return parser
 

@@ -106,6 +106,29 @@ def check_location(url: str, *, must_exist: bool = False) -> None:
         raise UserError(f"cannot use {normalize(url)} ({reason}); {hint}") from None
 
 
+def check_writable(url: str) -> None:
+    """:func:`check_location`, then write and delete a small probe under ``url``.
+
+    Raises:
+        UserError: the location cannot be written (read-only folder, no write permission).
+    """
+    from tuner.errors import UserError
+
+    check_location(url)
+    probe = join(url, f".mammotune-probe-{uuid.uuid4().hex}")
+    fs, path = filesystem(probe)
+    try:
+        write_bytes(probe, b"")
+        fs.rm(path)
+    except PermissionError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "permission denied"
+        raise UserError(
+            f"cannot write to {normalize(url)} ({reason}); choose a location you can write to"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot write to {normalize(url)} ({exc})") from None
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL with ``/`` (also for local paths)."""
     return posixpath.join(normalize(url), *parts)

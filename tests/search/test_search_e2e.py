@@ -10,21 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.conftest import TINY
 from tuner.cli import main
 from tuner.data.stream import TileStream, load_manifest
 from tuner.data.tasks import TASKS
 from tuner.training.checkpoint import load_checkpoint
 from tuner.training.metrics import binary_metrics
-
-TINY = Path(__file__).with_name("tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def experiment(prepared, ray_local, tmp_path_factory):
-    exp = tmp_path_factory.mktemp("experiments") / "tiny"
-    code = main(["search", "--space", str(TINY), "--data", str(prepared), "--storage", str(exp)])
-    assert code == 0
-    return exp
 
 
 def _board(experiment, capsys):

@@ -21,3 +21,35 @@ def test_define_by_run_samples_valid_trial_configs():
         seen.add(config.backbone)
         study.tell(trial, 0.5)
     assert seen == set(space.space["backbone"].choices)
+
+
+def test_conditional_dimensions_exist_only_when_their_condition_holds(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "name: t\n"
+        "fixed: {head_epochs: 0}\n"
+        "space:\n"
+        "  head_epochs: {type: int, low: 1, high: 3, when: {transfer: [imagenet]}}\n"
+        "  transfer: {type: categorical, choices: [imagenet, random]}\n"
+        "  lr: {type: log-float, low: 1.0e-5, high: 1.0e-2}\n"
+    )
+    space = load_space(path)
+    assert space.ordered() == ["transfer", "lr", "head_epochs"]
+    assert space.space["lr"].log
+    define = DefineByRun(space, {"data": "/data"})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    transfers = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = define(trial)
+        config = TrialConfig.model_validate({**trial.params, **constants})
+        transfers.add(config.transfer)
+        if config.transfer == "imagenet":
+            assert "head_epochs" in trial.params and "head_epochs" not in constants
+            assert 1 <= config.head_epochs <= 3
+        else:
+            assert "head_epochs" not in trial.params
+            assert config.head_epochs == 0  # the fixed fallback
+        assert 1e-5 <= config.lr <= 1e-2
+        study.tell(trial, 0.5)
+    assert transfers == {"imagenet", "random"}

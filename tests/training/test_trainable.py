@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -42,3 +43,61 @@ def test_training_learns_the_synthetic_task(prepared):
     assert np.allclose(result["probabilities"].sum(axis=1), 1, atol=1e-5)
     auc = binary_metrics(result["labels"], result["probabilities"][:, 1])["roc_auc"]
     assert auc > 0.9
+
+
+def test_minority_class_weight_is_the_published_plus_half():
+    assert class_weights("minority_x1.5", [30, 10]).tolist() == [1.0, 1.5]
+    assert class_weights("minority_x1.5", [5, 10, 7]).tolist() == [1.5, 1.0, 1.0]
+
+
+def _two_groups(model, lr):
+    return torch.optim.Adam(
+        [{"params": list(model.backbone.parameters())}, {"params": model.head_parameters()}],
+        lr=lr,
+    )
+
+
+def test_two_phases_train_the_head_then_everything_at_a_lower_rate():
+    from tuner.training.config import TrialConfig
+    from tuner.training.trainable import set_phase
+
+    model = build_model(ModelArgs("small_vgg_bn", num_classes=2))
+    optimizer = _two_groups(model, 1e-3)
+    cfg = TrialConfig(
+        backbone="small_vgg_bn", transfer="mias_all", head_epochs=2, lr=1e-3, epochs=4
+    )
+    tiles = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    assert set_phase(model, optimizer, cfg, 0) == "head"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_one_epoch(model, [(tiles, labels)], loss_fn, optimizer)
+    after = model.state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN stats
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+    assert [g["lr"] for g in optimizer.param_groups] == [0.0, 1e-3]
+
+    assert set_phase(model, optimizer, cfg, 2) == "all"
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-4])
+    train_one_epoch(model, [(tiles, labels)], loss_fn, optimizer)
+    assert not torch.equal(before["backbone.0.weight"], model.state_dict()["backbone.0.weight"])
+
+    scratch = cfg.model_copy(update={"transfer": "random"})
+    assert set_phase(model, optimizer, scratch, 0) == "all"
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3]
+
+
+def test_a_nan_loss_stops_the_epoch_with_its_reason():
+    from tuner.training.trainable import NonFiniteLoss
+
+    model = build_model(ModelArgs("small_vgg_bn", num_classes=2))
+    with torch.no_grad():
+        model.head[-1].weight.fill_(float("nan"))
+    tiles = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteLoss, match="became nan at step 1; lower the learning rate"):
+        train_one_epoch(
+            model, [(tiles, torch.tensor([0, 1, 0, 1]))], torch.nn.CrossEntropyLoss(), optimizer
+        )

@@ -1,12 +1,17 @@
-"""The classifier a trial trains: input normalisation, a backbone and a dropout MLP head.
+"""The classifier a trial trains: input normalisation, an optional stem, a backbone and a
+dropout MLP head.
 
 The head follows Jaamour et al.: MLP 512 -> 32 -> classes with dropout, here after global
 average pooling so any input size works. Normalisation constants live in the model (and so
-in every checkpoint): callers feed raw uint8 tiles.
+in every checkpoint): callers feed raw uint8 tiles. Inputs larger than the backbone's working
+size (published: 1024 and 2048 px whole images) pass first through one or two extra
+conv + pool blocks, the stem, each halving the side.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,9 +19,11 @@ from torch import nn
 
 from tuner.errors import UserError, unknown_choice
 from tuner.models.backbones import create_backbone
-from tuner.models.weights import TRANSFERS, load_imagenet_state
+from tuner.models.weights import TRANSFERS, load_imagenet_state, load_mias_state
 
-__all__ = ["ModelArgs", "Classifier", "build_model"]
+__all__ = ["ModelArgs", "Classifier", "build_model", "stem_blocks"]
+
+logger = logging.getLogger(__name__)
 
 # ImageNet mean/std collapsed to one channel (the mean over RGB), as timm does for in_chans=1.
 GREY_MEAN, GREY_STD = 0.449, 0.226
@@ -32,9 +39,37 @@ class ModelArgs:
     in_chans: int = 1
     mean: float = GREY_MEAN
     std: float = GREY_STD
+    stem_blocks: int = 0  # extra conv + pool blocks before the backbone
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def backbone_chans(self) -> int:
+        # The stem hands the backbone three channels, so ImageNet's RGB filters are kept.
+        return 3 if self.stem_blocks else self.in_chans
+
+
+def stem_blocks(input_size: int, max_backbone_size: int = 512) -> int:
+    """Extra halving blocks for inputs above ``max_backbone_size``: 1024 -> 1, 2048 -> 2."""
+    if input_size <= max_backbone_size:
+        return 0
+    return math.ceil(math.log2(input_size / max_backbone_size))
+
+
+def _stem(args: ModelArgs) -> nn.Module:
+    layers: list[nn.Module] = []
+    channels = args.in_chans
+    for block in range(args.stem_blocks):
+        out = args.backbone_chans if block == args.stem_blocks - 1 else 16
+        layers += [
+            nn.Conv2d(channels, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        channels = out
+    return nn.Sequential(*layers)
 
 
 class Classifier(nn.Module):
@@ -43,6 +78,7 @@ class Classifier(nn.Module):
         self.args = args
         self.register_buffer("mean", torch.tensor(args.mean * 255.0))
         self.register_buffer("std", torch.tensor(args.std * 255.0))
+        self.stem = _stem(args)
         self.backbone = backbone
         self.head = nn.Sequential(
             nn.Dropout(args.dropout),
@@ -57,13 +93,45 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of raw tiles, (N, in_chans, H, W) with values 0-255."""
         x = (x.float() - self.mean) / self.std
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(self.stem(x)))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """What trains in the head-only phase: the head and the (always new) stem."""
+        return [*self.stem.parameters(), *self.head.parameters()]
 
 
 def build_model(args: ModelArgs, *, transfer: str = "random", weights_dir: str | None = None):
-    """Build the classifier, with the backbone weights the transfer degree asks for."""
+    """Build the classifier with the weights of a transfer-learning degree.
+
+    - ``random``: everything randomly initialised;
+    - ``imagenet``: torchvision's ImageNet backbone, random head;
+    - ``imagenet_mias_head``: ImageNet backbone + the head trained on mini-MIAS with it;
+    - ``mias_all``: every layer of the model fine-tuned on mini-MIAS.
+
+    Layers the source model does not have keep their random initialisation: the stem, and
+    the last head layer when the task's class count differs from mini-MIAS's two.
+    """
     if transfer not in TRANSFERS:
         raise UserError(unknown_choice("transfer", transfer, TRANSFERS))
-    state = load_imagenet_state(args.backbone, weights_dir) if transfer == "imagenet" else None
-    backbone, width = create_backbone(args.backbone, state_dict=state, in_chans=args.in_chans)
-    return Classifier(args, backbone, width)
+    imagenet = transfer in ("imagenet", "imagenet_mias_head")
+    state = load_imagenet_state(args.backbone, weights_dir) if imagenet else None
+    backbone, width = create_backbone(args.backbone, state_dict=state, in_chans=args.backbone_chans)
+    model = Classifier(args, backbone, width)
+    if transfer in ("mias_all", "imagenet_mias_head"):
+        mias, _ = load_mias_state(transfer, args.backbone, weights_dir)
+        prefixes = ("backbone.", "head.") if transfer == "mias_all" else ("head.",)
+        own = model.state_dict()
+        taken = {}
+        for key, value in mias.items():
+            if not key.startswith(prefixes) or key not in own:
+                continue
+            if own[key].shape == value.shape:
+                taken[key] = value
+            elif value.dim() == 4 and own[key].shape[1] == 3 and value.shape[1] == 1:
+                # Behind a stem the backbone sees three channels; mini-MIAS models see one.
+                taken[key] = value.repeat(1, 3, 1, 1) / 3
+        skipped = [k for k in mias if k.startswith(prefixes) and k not in taken]
+        if skipped:
+            logger.info("mini-MIAS weights not transferred (shape differs): %s", skipped)
+        model.load_state_dict(taken, strict=False)
+    return model

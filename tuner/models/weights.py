@@ -1,7 +1,12 @@
 """Pretrained weights, read from a folder or bucket the user gives; never downloaded silently.
 
-ImageNet weights use torchvision's own file names (``mobilenet_v2-7ebf99e0.pth``, ...), so a
-folder filled by torchvision's cache or by hand works as is.
+One weights folder (``--weights DIR``, local or a bucket URL) holds both kinds:
+
+- ImageNet weights under torchvision's own file names (``mobilenet_v2-7ebf99e0.pth``, ...),
+  so a folder filled by torchvision's cache, by ``mammotune weights fetch`` or by hand works;
+- mini-MIAS models written by ``mammotune pretrain-mias``:
+  ``mini-mias/<backbone>/head/`` (ImageNet backbone frozen, head trained on mini-MIAS) and
+  ``mini-mias/<backbone>/all/`` (then every layer fine-tuned), each a mammotune checkpoint.
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ __all__ = [
     "imagenet_url",
     "find_imagenet_weights",
     "load_imagenet_state",
+    "MIAS_STAGES",
+    "mias_checkpoint",
+    "find_transfer_weights",
+    "load_mias_state",
+    "fetch_imagenet",
 ]
 
-# Transfer-learning degrees. Issue 4 adds the mini-MIAS ones (published degrees a and b).
+# Transfer-learning degrees, as published (DOMAIN.md, degrees a-d).
 TRANSFERS = {
-    "imagenet": "ImageNet backbone, random head (published degree c)",
-    "random": "everything randomly initialised (published degree d)",
+    "mias_all": "(a) every layer from the model trained on binarised mini-MIAS",
+    "imagenet_mias_head": "(b) ImageNet backbone + head trained on mini-MIAS",
+    "imagenet": "(c) ImageNet backbone, random head",
+    "random": "(d) everything randomly initialised",
 }
+# The pretrain-mias stage each mini-MIAS degree loads.
+MIAS_STAGES = {"mias_all": "all", "imagenet_mias_head": "head"}
 
 # torchvision's DenseNet files predate a module rename; remapped as torchvision does (plus
 # num_batches_tracked, which newer saves of the old layout carry).
@@ -65,14 +79,14 @@ def find_imagenet_weights(backbone: str, weights_dir: str | None) -> str:
     name = imagenet_filename(backbone)
     if not weights_dir:
         raise UserError(
-            f"transfer 'imagenet' needs ImageNet weights: pass --weights DIR with {name} "
-            f"in it (download from {imagenet_url(backbone)} on a machine with internet)"
+            f"ImageNet transfer needs weights: pass --weights DIR with {name} in it "
+            f"(`mammotune weights fetch DIR --backbones {backbone}` on a machine with internet)"
         )
     url = storage.join(weights_dir, name)
     if not storage.exists(url):
         raise UserError(
-            f"ImageNet weights for {backbone} not found at {url}; "
-            f"download {imagenet_url(backbone)} into {storage.normalize(weights_dir)}"
+            f"ImageNet weights for {backbone} not found at {url}; run `mammotune weights fetch "
+            f"{storage.normalize(weights_dir)} --backbones {backbone}` on a machine with internet"
         )
     return url
 
@@ -84,3 +98,100 @@ def load_imagenet_state(backbone: str, weights_dir: str | None) -> dict[str, tor
     if backbone.startswith("densenet"):
         state = {_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     return state
+
+
+def mias_checkpoint(weights_dir: str, backbone: str, stage: str) -> str:
+    """Where ``pretrain-mias`` stores the mini-MIAS model of ``backbone`` for ``stage``."""
+    return storage.join(weights_dir, "mini-mias", backbone, stage)
+
+
+def find_transfer_weights(transfer: str, backbone: str, weights_dir: str | None) -> list[str]:
+    """Every file the transfer degree needs for ``backbone``, checked to exist.
+
+    Raises:
+        UserError: a file is missing; the message says which command makes it.
+    """
+    if transfer == "random":
+        return []
+    if transfer == "imagenet":
+        return [find_imagenet_weights(backbone, weights_dir)]
+    stage = MIAS_STAGES[transfer]
+    if not weights_dir:
+        raise UserError(
+            f"transfer {transfer!r} needs a mini-MIAS model: run `mammotune pretrain-mias "
+            f"--weights DIR --backbones {backbone}` and pass --weights DIR"
+        )
+    url = storage.join(mias_checkpoint(weights_dir, backbone, stage), "state.pt")
+    if not storage.exists(url):
+        raise UserError(
+            f"transfer {transfer!r} needs the mini-MIAS model of {backbone}, not found at {url}; "
+            f"run `mammotune pretrain-mias --data MIAS --weights {storage.normalize(weights_dir)} "
+            f"--backbones {backbone}`"
+        )
+    return [url]
+
+
+def load_mias_state(
+    transfer: str, backbone: str, weights_dir: str | None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The classifier state dict and ``checkpoint.json`` of the mini-MIAS model a transfer
+    degree starts from (read with ``weights_only=True``)."""
+    (url,) = find_transfer_weights(transfer, backbone, weights_dir)
+    meta = storage.read_json(posixpath.join(posixpath.dirname(url), "checkpoint.json"))
+    if meta.get("model_args", {}).get("backbone") != backbone:
+        raise UserError(
+            f"{url} holds a {meta.get('model_args', {}).get('backbone')} model, not {backbone}"
+        )
+    state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
+    return state["model"], meta
+
+
+def fetch_imagenet(
+    dest: str, backbones: list[str], *, base_url: str | None = None, progress: bool = True
+) -> list[tuple[str, str]]:
+    """Download the ImageNet weights of ``backbones`` into ``dest`` (a folder or bucket URL),
+    checking each file against the SHA-256 prefix in torchvision's file name. The explicit,
+    one-time step for a machine with internet; searches then read from ``dest``.
+
+    Args:
+        base_url: a mirror holding torchvision's file names (default: torchvision's own URLs).
+
+    Returns:
+        ``(file URL, "downloaded" or "already there")`` per backbone.
+
+    Raises:
+        UserError: a backbone without ImageNet weights, a download that fails, or a file whose
+            content does not match its name (nothing is written for it).
+    """
+    import tempfile
+    import urllib.error
+
+    from torch.hub import download_url_to_file
+
+    done = []
+    for backbone in backbones:
+        name = imagenet_filename(backbone)
+        target = storage.join(dest, name)
+        if storage.exists(target):
+            done.append((target, "already there"))
+            continue
+        url = f"{base_url.rstrip('/')}/{name}" if base_url else imagenet_url(backbone)
+        digest = re.search(r"-([0-9a-f]{8,})\.pth$", name)
+        with tempfile.TemporaryDirectory() as folder:
+            local = f"{folder}/{name}"
+            try:
+                download_url_to_file(
+                    url, local, hash_prefix=digest.group(1) if digest else None, progress=progress
+                )
+            except (urllib.error.URLError, OSError) as exc:
+                raise UserError(
+                    f"cannot download {url} ({exc}); check the network or URL"
+                ) from None
+            except RuntimeError as exc:  # torch.hub: "invalid hash value"
+                raise UserError(
+                    f"{url} does not match its name ({exc}); nothing was written for {backbone}"
+                ) from None
+            with open(local, "rb") as f:
+                storage.write_bytes(target, f.read())
+        done.append((target, "downloaded"))
+    return done

@@ -15,7 +15,10 @@ from tuner import storage
 from tuner.errors import UserError
 from tuner.search.experiment import EXPERIMENT_FILE
 
-__all__ = ["leaderboard"]
+__all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
+
+# The five dimensions of the published study: leaderboard columns whether searched or fixed.
+PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "transfer")
 
 
 def _trial_states(fs, path: str) -> dict[str, str]:
@@ -74,13 +77,18 @@ def _read_trial(fs, folder: str, meta: dict, state: str) -> dict:
             if fs.exists(f"{sub}/checkpoint.json"):
                 checkpoints.append((sub, _read_json(fs, f"{sub}/checkpoint.json")["metrics"]))
     checkpoint = _best(checkpoints, lambda item: item[1].get(metric), mode)
+    error = None
     if fs.exists(f"{folder}/error.txt"):
         state = "ERROR"
+        with fs.open(f"{folder}/error.txt", "rb") as f:
+            error = _error_reason(f.read().decode(errors="replace"))
+    settings = {**meta["space"].get("fixed", {}), **meta["space"]["space"]}
     return {
         "trial_id": posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
         "status": _status(state, len(epochs), meta["max_epochs"]),
         "epochs": len(epochs),
-        "config": {k: v for k, v in config.items() if k in meta["space"]["space"]},
+        "config": {k: v for k, v in config.items() if k in settings},
+        "error": error,
         "best": {
             k: v for k, v in best_epoch.items() if k.startswith(("val_", "train_loss", "epoch"))
         },
@@ -130,7 +138,7 @@ def leaderboard(experiment: str) -> dict:
         "metric": metric,
         "mode": mode,
         "max_epochs": meta["max_epochs"],
-        "dimensions": list(meta["space"]["space"]),
+        "dimensions": _dimensions(meta["space"]),
         "trials": ranked,
         "best": next((t for t in ranked if t["checkpoint"]), None),
     }
@@ -143,3 +151,36 @@ def _status(tune_status: str, epochs: int, max_epochs: int) -> str:
         return "done" if epochs >= max_epochs else "stopped"
     names = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
     return names.get(tune_status, tune_status.lower() or "unknown")
+
+
+def _dimensions(space: dict) -> list[str]:
+    """The five published dimensions, then the other searched ones, in the space's order."""
+    searched = list(space["space"])
+    return [*PRODUCT_DIMENSIONS, *(d for d in searched if d not in PRODUCT_DIMENSIONS)]
+
+
+def _error_reason(text: str) -> str:
+    """The last exception line of Tune's error.txt (for example NonFiniteLoss: ...)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or "NonFiniteLoss" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def download_checkpoint(checkpoint: str, dest: str) -> str:
+    """Copy a checkpoint (``state.pt`` + ``checkpoint.json``) to ``dest``, a new or empty
+    folder or URL; returns ``dest``.
+
+    Raises:
+        UserError: ``dest`` already holds files (nothing is overwritten).
+    """
+    dest = storage.normalize(dest)
+    fs, path = storage.filesystem(dest)
+    if fs.exists(path) and fs.ls(path):
+        raise UserError(f"{dest} is not empty; choose a new folder for --download")
+    for name in ("state.pt", "checkpoint.json"):
+        storage.write_bytes(
+            storage.join(dest, name), storage.read_bytes(storage.join(checkpoint, name))
+        )
+    return dest

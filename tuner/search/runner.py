@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import tuner
 from tuner import storage
-from tuner.config import Categorical, SearchSpace
+from tuner.config import Categorical, Resources, SearchSpace
 from tuner.data.stream import load_manifest, split_entry
 from tuner.errors import UserError
-from tuner.models.weights import find_imagenet_weights
+from tuner.models.weights import find_transfer_weights
 from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT
 from tuner.search.space import DefineByRun, check_space
 from tuner.training.config import TrialConfig
 from tuner.training.trainable import train_trial
 
-__all__ = ["SearchPlan", "plan_search", "run_search"]
+__all__ = ["SearchPlan", "plan_search", "run_search", "check_resumable", "resume_search"]
 
 
 @dataclass(frozen=True)
@@ -68,25 +68,37 @@ def plan_search(
     weights_dir: str | None = None,
     trials: int | None = None,
     study: str | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
 ) -> SearchPlan:
     """Check everything the search needs, before any trial starts.
 
+    Args:
+        trials, cpus, gpus: override the space's trial count and resources per trial.
+
     Raises:
         UserError: a bad space, a missing dataset or tile size, missing weights, an unknown
-            metric, or an experiment location that already holds something.
+            metric, or an experiment location that already holds something or cannot be
+            written.
     """
     check_space(space, space_file)
     if trials is not None:
         space = space.model_copy(update={"trials": trials})
+    if cpus is not None or gpus is not None:
+        resources = Resources(
+            cpu=space.resources.cpu if cpus is None else cpus,
+            gpu=space.resources.gpu if gpus is None else gpus,
+        )
+        space = space.model_copy(update={"resources": resources})
     manifest = load_manifest(data)
     for size in space.input_sizes():
         for enhance in space.values("enhance", TrialConfig().enhance):
             for split in ("train", "val"):
                 split_entry(manifest, space.view, size, split, enhance)
 
-    if "imagenet" in space.values("transfer", TrialConfig().transfer):
+    for transfer in space.values("transfer", TrialConfig().transfer):
         for name in space.values("backbone", TrialConfig().backbone):
-            find_imagenet_weights(name, weights_dir)
+            find_transfer_weights(transfer, name, weights_dir)
 
     if not experiment:
         raise UserError("no experiment location given; pass --storage with a folder or bucket URL")
@@ -99,6 +111,7 @@ def plan_search(
     fs, path = storage.filesystem(experiment)
     if fs.exists(path) and fs.ls(path):
         raise UserError(f"{experiment} is not empty; choose a new --storage location")
+    storage.check_writable(posixpath.dirname(experiment))
 
     constants = {
         "data": storage.normalize(data),
@@ -123,17 +136,38 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_search(plan: SearchPlan, *, verbose: int = 1):
-    """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid."""
+def _tune_environment() -> None:
+    # Short CPU epochs checkpoint every few seconds, which is expected here: keep Tune's
+    # "snapshotting may become a bottleneck" warning for setups where it means something.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment (trials and searcher) at least every 5 s: a driver killed
+    # outright loses at most that much bookkeeping; trials resume from their checkpoints.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+
+
+def _trainable(space: SearchSpace):
+    from ray import tune
+
+    return tune.with_resources(
+        train_trial, {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    )
+
+
+def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
+    """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
+
+    Args:
+        max_failures: retries of a trial that errored (a dead worker, a lost node) from its
+            last checkpoint; a trial that still fails ends as errored and Optuna records it
+            as failed.
+    """
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    # Short CPU epochs checkpoint every few seconds, which is expected here: keep Tune's
-    # "snapshotting may become a bottleneck" warning for setups where it means something.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    _tune_environment()
     space = plan.space
     storage.write_json(
         storage.join(plan.experiment, EXPERIMENT_FILE),
@@ -169,11 +203,8 @@ def run_search(plan: SearchPlan, *, verbose: int = 1):
         reduction_factor=space.asha.reduction_factor,
     )
     filesystem, parent = storage.pyarrow_filesystem(posixpath.dirname(plan.experiment))
-    trainable = tune.with_resources(
-        train_trial, {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
-    )
     tuner_ = tune.Tuner(
-        trainable,
+        _trainable(space),
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
@@ -187,12 +218,90 @@ def run_search(plan: SearchPlan, *, verbose: int = 1):
             storage_path=parent,
             storage_filesystem=filesystem,
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1,  # the best by the metric; Tune also keeps the latest
+                num_to_keep=space.keep_checkpoints,  # best by the metric, plus the latest
                 checkpoint_score_attribute=space.metric,
                 checkpoint_score_order=space.mode,
             ),
-            failure_config=tune.FailureConfig(max_failures=1),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=verbose,
         ),
     )
     return tuner_.fit()
+
+
+def check_resumable(experiment: str) -> dict:
+    """The experiment's ``search.json``, after checking that Tune can resume it (no Ray needed).
+
+    Raises:
+        UserError: no search there, or none that got as far as Tune's first snapshot.
+    """
+    from ray import tune
+
+    experiment = storage.normalize(experiment)
+    meta_url = storage.join(experiment, EXPERIMENT_FILE)
+    if not storage.exists(meta_url):
+        raise UserError(
+            f"no mammotune search at {experiment} ({EXPERIMENT_FILE} not found); "
+            "give the --storage location of the interrupted search"
+        )
+    filesystem, path = storage.pyarrow_filesystem(experiment)
+    if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        raise UserError(
+            f"{experiment} has no search state to resume from yet (the driver stopped before "
+            "Tune's first snapshot); start a new search"
+        )
+    return storage.read_json(meta_url)
+
+
+def resume_search(experiment: str):
+    """Continue an interrupted search (Ctrl-C, or a driver killed outright) where it stopped.
+
+    Finished trials keep their results; unfinished ones resume from their last checkpoint;
+    the searcher, with the same Optuna study, goes on to the space's trial count. Trials
+    that Optuna had started but Tune never recorded (the driver died in between) are marked
+    failed in the study so that they do not linger as running.
+
+    Raises:
+        UserError: nothing to resume at ``experiment``.
+    """
+    from ray import tune
+
+    _tune_environment()
+    experiment = storage.normalize(experiment)
+    meta = check_resumable(experiment)
+    filesystem, path = storage.pyarrow_filesystem(experiment)
+    space = SearchSpace.model_validate(meta["space"])
+    tuner_ = tune.Tuner.restore(
+        path,
+        trainable=_trainable(space),
+        resume_unfinished=True,
+        resume_errored=True,
+        storage_filesystem=filesystem,
+    )
+    _fail_orphans(meta["study"], experiment)
+    return tuner_.fit()
+
+
+def _fail_orphans(study: dict, experiment: str) -> None:
+    """Mark as failed the Optuna trials left running by a killed driver."""
+    import optuna
+
+    storage_ = optuna.storages.RDBStorage(study["storage"])
+    study_id = storage_.get_study_id_from_name(study["name"])
+    known = _searcher_trial_numbers(experiment)
+    for trial in storage_.get_all_trials(study_id, deepcopy=False):
+        if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in known:
+            storage_.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _searcher_trial_numbers(experiment: str) -> set[int]:
+    """Optuna trial numbers the searcher's last snapshot knows (Tune restores from it)."""
+    import pickle
+
+    fs, path = storage.filesystem(experiment)
+    snapshots = sorted(fs.glob(posixpath.join(path, "searcher-state-*.pkl")))
+    if not snapshots:
+        return set()
+    with fs.open(snapshots[-1], "rb") as f:
+        state = pickle.load(f)  # Tune's own snapshot of OptunaSearch, which it unpickles too
+    return {trial.number for trial in state.get("_ot_trials", {}).values()}

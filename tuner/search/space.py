@@ -20,6 +20,8 @@ from tuner.training.trainable import REPORTED_METRICS
 
 __all__ = ["check_space", "DefineByRun"]
 
+_ABSENT = object()
+
 
 def _check_value(source: str, where: str, name: str, value: Any) -> None:
     try:
@@ -82,16 +84,26 @@ class DefineByRun:
     """
 
     def __init__(self, space: SearchSpace, constants: dict[str, Any]):
-        self.dimensions = {name: dim.model_dump() for name, dim in space.space.items()}
+        # Conditions first: a dimension is sampled after the ones its condition names.
+        self.dimensions = {name: space.space[name].model_dump() for name in space.ordered()}
         self.constants = {**space.fixed, **constants}
 
     def __call__(self, trial) -> dict[str, Any]:
+        sampled: dict[str, Any] = {}
         for name, dim in self.dimensions.items():
+            if any(
+                sampled.get(parent, _ABSENT) not in values for parent, values in dim["when"].items()
+            ):
+                continue
             if dim["type"] == "categorical":
-                trial.suggest_categorical(name, dim["choices"])
-            elif dim["type"] == "float":
-                trial.suggest_float(name, dim["low"], dim["high"], log=dim["log"])
+                sampled[name] = trial.suggest_categorical(name, dim["choices"])
+            elif dim["type"] in ("float", "log-float"):
+                sampled[name] = trial.suggest_float(name, dim["low"], dim["high"], log=dim["log"])
             else:
                 step = 1 if dim["log"] else dim["step"]
-                trial.suggest_int(name, dim["low"], dim["high"], step=step, log=dim["log"])
-        return dict(self.constants)
+                sampled[name] = trial.suggest_int(
+                    name, dim["low"], dim["high"], step=step, log=dim["log"]
+                )
+        # OptunaSearch merges what this returns over the sampled values: return only the
+        # settings not sampled in this trial (fixed fallbacks of conditional dimensions too).
+        return {k: v for k, v in self.constants.items() if k not in sampled}

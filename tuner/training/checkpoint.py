@@ -64,6 +64,14 @@ def load_checkpoint(checkpoint: str) -> tuple[Classifier, dict, dict]:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses anything but tensors and plain data
         raise UserError(f"{checkpoint}: {STATE} is not a plain state dict ({exc})") from exc
-    model = build_model(ModelArgs(**meta["model_args"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(ModelArgs(**meta["model_args"]))
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise UserError(
+            f"{checkpoint}: {STATE} does not fit the model {META} describes "
+            f"({meta.get('model_args', {}).get('backbone')}): {reason}; "
+            "keep each checkpoint's two files together"
+        ) from None
     return model.eval(), meta, state

@@ -6,6 +6,7 @@ space file is caught before any trial starts (see ``tuner.search.space``).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -14,11 +15,14 @@ from tuner.data.preprocess import ENHANCEMENTS
 from tuner.data.tasks import TASKS
 from tuner.errors import unknown_choice
 from tuner.models.backbones import get_spec
+from tuner.models.classifier import stem_blocks
 from tuner.models.weights import TRANSFERS
 
 __all__ = ["TrialConfig", "CLASS_WEIGHTS", "SEARCHABLE", "CATEGORICAL_ONLY", "WHOLE_NUMBERS"]
 
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_WEIGHTS = ("none", "balanced", "minority_x1.5")
+# "minority_xF": the minority class (fewest training rows) weighs F, the others 1.
+MINORITY = re.compile(r"^minority_x(\d+(?:\.\d+)?)$")
 
 # Fields a search-space file may search over or fix; the rest are set by the search runner.
 SEARCHABLE = (
@@ -32,16 +36,40 @@ SEARCHABLE = (
     "weight_decay",
     "batch_size",
     "epochs",
+    "head_epochs",
+    "finetune_lr_factor",
+    "patience",
+    "max_backbone_size",
+    "precision",
+    "loader_workers",
+    "augment_on_gpu",
 )
 
 # Settings a space may only list (names), and settings that are whole numbers.
-CATEGORICAL_ONLY = ("backbone", "class_weight", "transfer", "enhance")
-WHOLE_NUMBERS = ("input_size", "batch_size", "epochs")
+CATEGORICAL_ONLY = ("backbone", "transfer", "enhance", "precision")
+WHOLE_NUMBERS = (
+    "input_size",
+    "batch_size",
+    "epochs",
+    "head_epochs",
+    "patience",
+    "max_backbone_size",
+    "loader_workers",
+)
 
 
 class TrialConfig(BaseModel):
-    """One trial's settings. ``class_weight`` is "none", "balanced" (inverse class
-    frequency, as sklearn computes it) or a number: the weight of the positive class."""
+    """One trial's settings.
+
+    ``class_weight`` is "none", "balanced" (inverse class frequency, as sklearn computes it),
+    "minority_xF" (the minority class weighs F, e.g. minority_x1.5 is the published +50%)
+    or a number: the weight of the positive class.
+
+    Training has two phases when the backbone is pretrained (``transfer`` other than
+    random): ``head_epochs`` with the backbone frozen at ``lr``, then everything at
+    ``lr * finetune_lr_factor``. ``patience`` > 0 stops a trial when the validation loss has
+    not improved for that many epochs.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -55,7 +83,12 @@ class TrialConfig(BaseModel):
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32
-    epochs: int = 10
+    epochs: int = 10  # in all, head-only epochs included
+    head_epochs: int = 2
+    finetune_lr_factor: float = 0.1
+    patience: int = 0
+    max_backbone_size: int = 512  # larger inputs get stem blocks: 1024 -> 1, 2048 -> 2
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU
     # set by the runner
     data: str = ""
     view: Literal["roi", "whole"] = "roi"
@@ -95,12 +128,14 @@ class TrialConfig(BaseModel):
     @field_validator("class_weight")
     @classmethod
     def _class_weight(cls, value: str | float) -> str | float:
-        if isinstance(value, str) and value not in CLASS_WEIGHTS:
+        if isinstance(value, str) and value not in CLASS_WEIGHTS and not MINORITY.match(value):
             try:
                 value = float(value)
             except ValueError:
                 raise ValueError(
-                    unknown_choice("class_weight", value, [*CLASS_WEIGHTS, "<a number > 0>"])
+                    unknown_choice(
+                        "class_weight", value, [*CLASS_WEIGHTS, "minority_x<F>", "<a number > 0>"]
+                    )
                 ) from None
         if not isinstance(value, str) and value <= 0:
             raise ValueError(f"class_weight {value} must be > 0")
@@ -113,12 +148,35 @@ class TrialConfig(BaseModel):
             raise ValueError(f"dropout {value} must be in [0, 1)")
         return value
 
-    @field_validator("input_size", "batch_size", "epochs")
+    @field_validator("input_size", "batch_size", "epochs", "max_backbone_size")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"{value} must be >= 1")
         return value
+
+    @field_validator("head_epochs", "patience", "loader_workers")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"{value} must be >= 0")
+        return value
+
+    @field_validator("finetune_lr_factor")
+    @classmethod
+    def _factor(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"finetune_lr_factor {value} must be in (0, 1]")
+        return value
+
+    @property
+    def stem_blocks(self) -> int:
+        return stem_blocks(self.input_size, self.max_backbone_size)
+
+    @property
+    def two_phase(self) -> bool:
+        """Head-only epochs first (pretrained backbones only)."""
+        return self.transfer != "random" and self.head_epochs > 0
 
     @field_validator("lr")
     @classmethod

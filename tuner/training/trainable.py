@@ -1,11 +1,19 @@
 """The per-trial trainable: plain ``train_one_epoch`` / ``evaluate`` functions and the Ray
 Tune function trainable that streams shards, trains, and reports one metrics dict and one
 checkpoint per epoch (ASHA decides from those reports whether the trial goes on).
+
+A trial trains in two phases when its backbone is pretrained: the head alone with the
+backbone frozen, then every layer at a lower learning rate. One Adam optimizer holds two
+parameter groups (backbone, head) whose learning rates the phase sets, so a trial restored
+from a checkpoint resumes in the right phase with its optimizer state. On a GPU it trains in
+bf16 autocast with channels-last tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import tempfile
 import time
 
@@ -20,10 +28,18 @@ from tuner.data.stream import TileStream, default_augment, flip_rot90, load_mani
 from tuner.data.tasks import get_task
 from tuner.models.classifier import ModelArgs, build_model
 from tuner.training.checkpoint import META, STATE, save_checkpoint
-from tuner.training.config import TrialConfig
+from tuner.training.config import MINORITY, TrialConfig
 from tuner.training.metrics import classification_metrics
 
-__all__ = ["REPORTED_METRICS", "train_one_epoch", "evaluate", "class_weights", "train_trial"]
+__all__ = [
+    "REPORTED_METRICS",
+    "NonFiniteLoss",
+    "train_one_epoch",
+    "evaluate",
+    "class_weights",
+    "set_phase",
+    "train_trial",
+]
 
 # What each epoch reports: a search may optimise any of these.
 REPORTED_METRICS = (
@@ -38,6 +54,25 @@ REPORTED_METRICS = (
 )
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite: the trial ends as errored with this reason."""
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 (or fp16) autocast on a GPU; full precision elsewhere."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _to_device(tiles: torch.Tensor, device: torch.device) -> torch.Tensor:
+    tiles = tiles.to(device, non_blocking=True)
+    if device.type == "cuda":
+        tiles = tiles.contiguous(memory_format=torch.channels_last)
+    return tiles
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -46,24 +81,47 @@ def train_one_epoch(
     *,
     device: torch.device | str = "cpu",
     batch_augment=None,
+    precision: str = "auto",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """One pass over ``loader``; returns mean loss, images seen and images per second.
 
     Args:
         batch_augment: optional function applied to each batch on ``device`` (for example
             :func:`tuner.data.stream.flip_rot90` on a GPU).
+        precision: "auto" or "bf16" (bf16 autocast on a GPU), "fp16" (with ``scaler``) or
+            "fp32".
+
+    Raises:
+        NonFiniteLoss: the loss became NaN or infinite.
     """
+    device = torch.device(device)
     model.train()
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
+        backbone.eval()  # a frozen backbone keeps its batch-norm statistics
     total, images, started = 0.0, 0, time.perf_counter()
-    for tiles, labels in loader:
-        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for step, (tiles, labels) in enumerate(loader):
+        tiles, labels = _to_device(tiles, device), labels.to(device, non_blocking=True)
         if batch_augment is not None:
             tiles = batch_augment(tiles)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(tiles), labels)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(labels)
+        with _autocast(device, precision):
+            loss = loss_fn(model(tiles), labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"training loss became {value} at step {step + 1}; lower the learning rate "
+                "or use precision fp32"
+            )
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += value * len(labels)
         images += len(labels)
     seconds = time.perf_counter() - started
     return {"loss": total / max(images, 1), "images": images, "images_per_s": images / seconds}
@@ -71,14 +129,21 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, *, device: torch.device | str = "cpu"
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
 ) -> dict:
     """Mean loss, labels and class probabilities (N, classes) over ``loader``."""
+    device = torch.device(device)
     model.eval()
     total, labels, probabilities = 0.0, [], []
     for tiles, target in loader:
-        tiles, target = tiles.to(device), target.to(device)
-        logits = model(tiles)
+        tiles, target = _to_device(tiles, device), target.to(device)
+        with _autocast(device, precision):
+            logits = model(tiles).float()
         total += loss_fn(logits, target).item() * len(target)
         labels.append(target.cpu().numpy())
         probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
@@ -91,10 +156,16 @@ def evaluate(
 
 
 def class_weights(setting: str | float, counts: list[int]) -> torch.Tensor | None:
-    """Loss weights per class: None, "balanced" (sklearn's inverse frequency) or a number
-    (the positive class's weight; the others weigh 1)."""
+    """Loss weights per class: None, "balanced" (sklearn's inverse frequency),
+    "minority_xF" (the class with the fewest rows weighs F) or a number (the positive
+    class's weight; the others weigh 1)."""
     if setting == "none":
         return None
+    minority = MINORITY.match(setting) if isinstance(setting, str) else None
+    if minority:
+        weights = torch.ones(len(counts))
+        weights[int(np.argmin(counts))] = float(minority.group(1))
+        return weights
     if setting == "balanced":
         labels = np.repeat(np.arange(len(counts)), counts)
         classes = np.arange(len(counts))
@@ -103,6 +174,23 @@ def class_weights(setting: str | float, counts: list[int]) -> torch.Tensor | Non
     weights = torch.ones(len(counts))
     weights[-1] = float(setting)
     return weights
+
+
+def set_phase(model, optimizer: torch.optim.Optimizer, cfg: TrialConfig, epoch: int) -> str:
+    """Set up the training phase of ``epoch``; returns "head" or "all".
+
+    Head phase: the backbone is frozen (no gradients, batch-norm statistics kept) and the
+    head learns at ``lr``. All phase: every layer learns, at ``lr * finetune_lr_factor``
+    after a head phase, at ``lr`` when there was none (random initialisation).
+    """
+    head = cfg.two_phase and epoch < cfg.head_epochs
+    backbone_group, head_group = optimizer.param_groups
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(not head)
+    lr = cfg.lr * cfg.finetune_lr_factor if cfg.two_phase and not head else cfg.lr
+    backbone_group["lr"] = 0.0 if head else lr
+    head_group["lr"] = cfg.lr if head else lr
+    return "head" if head else "all"
 
 
 def _cpus() -> int:
@@ -126,9 +214,26 @@ def train_trial(config: dict) -> None:
     counts = task.counts(split_entry(manifest, cfg.view, cfg.input_size, "train", cfg.enhance))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    args = ModelArgs(backbone=cfg.backbone, num_classes=len(task.classes), dropout=cfg.dropout)
+    args = ModelArgs(
+        backbone=cfg.backbone,
+        num_classes=len(task.classes),
+        dropout=cfg.dropout,
+        stem_blocks=cfg.stem_blocks,
+    )
     model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": list(model.backbone.parameters())},
+            {"params": model.head_parameters()},
+        ],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    scaler = (
+        torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
+    )
     weights = class_weights(cfg.class_weight, counts)
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
 
@@ -155,32 +260,50 @@ def train_trial(config: dict) -> None:
     train_loader = DataLoader(train_set, **loader)
     val_loader = DataLoader(val_set, **loader)
 
-    start_epoch = 0
+    start_epoch, best_loss, stale = 0, math.inf, 0
     resumed = tune.get_checkpoint()
     if resumed:
         # A restarted trial (dead worker, resumed search) goes on from its last epoch.
         with resumed.as_directory() as directory:
             state = torch.load(f"{directory}/{STATE}", map_location="cpu", weights_only=True)
             with open(f"{directory}/{META}") as f:
-                start_epoch = int(json.load(f)["epoch"])
+                saved = json.load(f)
+        start_epoch = int(saved["epoch"])
+        best_loss = saved.get("early_stopping", {}).get("best_val_loss", math.inf)
+        stale = saved.get("early_stopping", {}).get("stale_epochs", 0)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # moves its state to the model's device
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
+        phase = set_phase(model, optimizer, cfg, epoch)
         train_set.set_epoch(epoch)
         trained = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, device=device, batch_augment=batch_augment
+            model,
+            train_loader,
+            loss_fn,
+            optimizer,
+            device=device,
+            batch_augment=batch_augment,
+            precision=cfg.precision,
+            scaler=scaler,
         )
-        validated = evaluate(model, val_loader, loss_fn, device=device)
+        validated = evaluate(model, val_loader, loss_fn, device=device, precision=cfg.precision)
         scores = classification_metrics(validated["labels"], validated["probabilities"])
+        if validated["loss"] < best_loss:
+            best_loss, stale = validated["loss"], 0
+        else:
+            stale += 1
+        stop = cfg.patience > 0 and stale >= cfg.patience
         metrics = {
             "epoch": epoch + 1,
+            "phase": phase,
             "train_loss": trained["loss"],
             "val_loss": validated["loss"],
             **{f"val_{name}": value for name, value in scores.items()},
             "train_images_per_s": trained["images_per_s"],
             "epoch_seconds": time.perf_counter() - started,
+            "early_stopped": stop,
         }
         meta = {
             "mammotune_version": tuner.__version__,
@@ -189,8 +312,15 @@ def train_trial(config: dict) -> None:
             "config": cfg.model_dump(),
             "metrics": metrics,
             "task": {"name": task.name, "classes": list(task.classes)},
-            "dataset": {"id": manifest["id"], "params": manifest["params"]},
+            "dataset": {
+                "id": manifest["id"],
+                "params_hash": manifest.get("params_hash"),
+                "params": manifest["params"],
+            },
+            "early_stopping": {"best_val_loss": best_loss, "stale_epochs": stale},
         }
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(directory, model=model, optimizer=optimizer, meta=meta)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        if stop:
+            return  # within-trial early stopping: validation loss stopped improving
