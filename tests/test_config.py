@@ -117,6 +117,16 @@ def test_schema_errors_name_the_file_and_key(tmp_path, text, message):
             "needs inputs of at least 75 px",
         ),
         (
+            "name: t\nview: whole\nfixed: {input_size: 96}\n"
+            "space:\n  backbone: {type: categorical, choices: [inception_v3]}\n",
+            "input_size may be 96 (64 px on its short side",
+        ),
+        (
+            "name: t\nfixed: {input_size: 128, max_backbone_size: 32}\n"
+            "space:\n  backbone: {type: categorical, choices: [inception_v3]}\n",
+            "(32 px on its short side at the backbone)",
+        ),
+        (
             "name: t\nspace:\n  input_size: {type: float, low: 32, high: 64}\n",
             "space.input_size: input_size is a whole number; use type: int",
         ),

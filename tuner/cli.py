@@ -17,8 +17,9 @@ from rich.console import Console
 from tuner.errors import UserError
 
 # Piped or logged output (CI, files) gets room for the leaderboard instead of rich's 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: user text (paths, --set values such as backbone=[vgg19]) prints as given.
+console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 PRESETS = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -184,7 +185,7 @@ def cmd_search(args) -> None:
     console.print(f"experiment: {plan.experiment}; Optuna study: {plan.study_storage}")
     if dashboard:
         console.print(f"Ray dashboard: {dashboard}")
-    run_search(plan, max_failures=args.max_failures)
+    run_search(plan, max_failures=args.max_failures, reuse_actors=args.reuse_actors)
     print_leaderboard(plan.experiment)
 
 
@@ -221,6 +222,7 @@ def cmd_weights_fetch(args) -> None:
 def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
     from rich.table import Table
 
+    from tuner.results.leaderboard import PRODUCT_DIMENSIONS as PRODUCT_COLUMNS
     from tuner.results.leaderboard import leaderboard
 
     board = leaderboard(experiment)
@@ -228,12 +230,15 @@ def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
         print(json.dumps(board, indent=2, default=str))
         return board
     metric = board["metric"]
+    # The five published dimensions (and enhancement) as columns; any other searched
+    # setting is in the best config below and in --json.
+    columns = [d for d in board["dimensions"] if d in (*PRODUCT_COLUMNS, "enhance")]
     table = Table(
         "#",
         "trial",
         "status",
         "epochs",
-        *board["dimensions"],
+        *columns,
         metric,
         "accuracy",
         "recall",
@@ -247,7 +252,7 @@ def print_leaderboard(experiment: str, *, as_json: bool = False) -> dict:
             trial["trial_id"],
             trial["status"],
             str(trial["epochs"]),
-            *(_short(trial["config"].get(d)) for d in board["dimensions"]),
+            *(_short(trial["config"].get(d)) for d in columns),
             _short(best.get(metric)),
             _short(best.get("val_accuracy")),
             _short(best.get("val_recall")),
@@ -478,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-failures", type=int, default=1, help="retries of an errored trial (default 1)"
+    )
+    p.add_argument(
+        "--reuse-actors",
+        action="store_true",
+        help="recycle trial processes: quicker trial starts (short CPU trials)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(run=cmd_search)

@@ -47,6 +47,9 @@ def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, ca
     config = meta["config"]
     manifest = load_manifest(str(prepared))
     assert meta["dataset"]["id"] == manifest["id"]
+    assert meta["dataset"]["params_hash"] == manifest["params_hash"]
+    assert meta["mammotune_version"] and meta["seed"] == 1
+    assert {"backbone", "lr", "task", "view", "input_size", "transfer"} <= set(config)
     val = TileStream(
         str(prepared),
         manifest,
@@ -84,3 +87,18 @@ def test_a_second_search_into_the_same_folder_is_refused(experiment, prepared, c
     assert code == 2
     assert "already holds an experiment" in capsys.readouterr().err
     assert sorted(p.stat().st_mtime_ns for p in experiment.rglob("*")) == before
+
+
+def test_a_checkpoint_alone_is_enough_to_evaluate(experiment, prepared, tmp_path, capsys):
+    """A checkpoint copied out of its experiment (found in a bucket a year later)."""
+    import shutil
+
+    capsys.readouterr()
+    assert main(["best", str(experiment), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["best"]["checkpoint"]
+    alone = tmp_path / "found-later"
+    shutil.copytree(best, alone)
+    code = main(["evaluate", str(alone), "--data", str(prepared), "--json", "--resamples", "50"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoints"] == [str(alone)] and report["per_image"]["rows"] > 0

@@ -59,11 +59,27 @@ def test_pretrain_mias_stores_a_frozen_backbone_head_stage_and_a_fine_tuned_all_
     assert not torch.equal(
         full.backbone.state_dict()["layer4.1.conv2.weight"], imagenet["layer4.1.conv2.weight"]
     )
-    # Never overwritten: a second run refuses, and the stored models are unchanged.
+    # Never overwritten: a second run keeps what is there (and trains nothing).
     before = read_meta(mias_checkpoint(str(folder), BACKBONE, "all"))
-    assert main(command) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert main(command) == 0
+    assert "kept as they are" in capsys.readouterr().out
     assert read_meta(mias_checkpoint(str(folder), BACKBONE, "all")) == before
+    # A half-written backbone (interrupted between stages) is named, not overwritten.
+    import shutil
+
+    shutil.rmtree(mias_checkpoint(str(folder), BACKBONE, "all"))
+    assert main(command) == 2
+    assert "interrupted run" in capsys.readouterr().err
+
+
+def test_pretrain_mias_checks_the_input_size_per_backbone(mias_dataset, weights, capsys):
+    folder, _ = weights
+    code = main(
+        ["pretrain-mias", "--data", str(mias_dataset), "--weights", str(folder)]
+        + ["--backbones", "inception_v3", "--size", "64"]
+    )
+    assert code == 2
+    assert "inception_v3 needs inputs of at least 75 px" in capsys.readouterr().err
 
 
 def test_pretrain_mias_refuses_a_cbis_ddsm_dataset(prepared, weights, capsys):

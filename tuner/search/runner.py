@@ -140,26 +140,45 @@ def _tune_environment() -> None:
     # Short CPU epochs checkpoint every few seconds, which is expected here: keep Tune's
     # "snapshotting may become a bottleneck" warning for setups where it means something.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Snapshot the experiment (trials and searcher) at least every 5 s: a driver killed
-    # outright loses at most that much bookkeeping; trials resume from their checkpoints.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # Snapshot the experiment (trials and searcher) every 2 s (Tune's default is 10 s or
+    # more): a driver killed outright loses at most that much bookkeeping. Trials resume
+    # from the checkpoints the snapshot knows, so only what a trial did in the last 2 s
+    # before the kill is done again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 
-def _trainable(space: SearchSpace):
+def _trainable(space: SearchSpace, function=None):
     from ray import tune
 
     return tune.with_resources(
-        train_trial, {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+        function or train_trial, {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     )
 
 
-def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
+def run_search(
+    plan: SearchPlan,
+    *,
+    verbose: int = 1,
+    max_failures: int = 1,
+    sampler: str = "tpe",
+    trainable=None,
+    stop=None,
+    callbacks=None,
+    reuse_actors: bool = False,
+):
     """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
 
     Args:
         max_failures: retries of a trial that errored (a dead worker, a lost node) from its
             last checkpoint; a trial that still fails ends as errored and Optuna records it
             as failed.
+        sampler: "tpe" (seeded TPE, the default) or "random" (Optuna's seeded random
+            sampler: the baseline ``benchmarks/search_efficiency.py`` compares against).
+        trainable, stop, callbacks: another function trainable, a Tune stopper and Tune
+            callbacks (the search-efficiency benchmark runs a simulated trainable through
+            this same machinery).
+        reuse_actors: run trials in recycled worker processes; off for real training, so
+            that each trial starts with fresh GPU memory.
     """
     import optuna
     from ray import tune
@@ -190,8 +209,10 @@ def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
         DefineByRun(space, plan.constants),
         metric=space.metric,
         mode=space.mode,
-        sampler=optuna.samplers.TPESampler(
-            seed=space.seed, n_startup_trials=space.tpe.n_startup_trials
+        sampler=(
+            optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=space.tpe.n_startup_trials)
+            if sampler == "tpe"
+            else optuna.samplers.RandomSampler(seed=space.seed)
         ),
         study_name=name,
         storage=optuna.storages.RDBStorage(plan.study_storage),
@@ -204,7 +225,7 @@ def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
     )
     filesystem, parent = storage.pyarrow_filesystem(posixpath.dirname(plan.experiment))
     tuner_ = tune.Tuner(
-        _trainable(space),
+        _trainable(space, trainable),
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
@@ -212,6 +233,7 @@ def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
             scheduler=scheduler,
             num_samples=space.trials,
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -223,6 +245,8 @@ def run_search(plan: SearchPlan, *, verbose: int = 1, max_failures: int = 1):
                 checkpoint_score_order=space.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            stop=stop,
+            callbacks=callbacks,
             verbose=verbose,
         ),
     )

@@ -12,13 +12,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuner.config import Categorical, FloatRange, SearchSpace
+from tuner.data.preprocess import whole_shape
 from tuner.data.tasks import get_task
 from tuner.errors import UserError, unknown_choice
 from tuner.models.backbones import get_spec
+from tuner.models.classifier import stem_blocks
 from tuner.training.config import CATEGORICAL_ONLY, SEARCHABLE, WHOLE_NUMBERS, TrialConfig
 from tuner.training.trainable import REPORTED_METRICS
 
-__all__ = ["check_space", "DefineByRun"]
+__all__ = ["check_space", "backbone_side", "DefineByRun"]
 
 _ABSENT = object()
 
@@ -67,14 +69,27 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
             _check_value(source, f"space.{name}.low", name, dim.low)
             _check_value(source, f"space.{name}.high", name, dim.high)
 
-    smallest = min(space.input_sizes())
+    limits = space.values("max_backbone_size", TrialConfig().max_backbone_size)
+    sides = {
+        size: min(backbone_side(size, space.view, int(limit)) for limit in limits)
+        for size in space.input_sizes()
+    }
+    size, smallest = min(sides.items(), key=lambda item: item[1])
     for backbone in space.values("backbone", TrialConfig().backbone):
         spec = get_spec(backbone)
         if spec.min_size > smallest:
             raise UserError(
                 f"{source}: backbone {backbone} needs inputs of at least {spec.min_size} px "
-                f"but input_size may be {smallest}; raise input_size or drop {backbone}"
+                f"but input_size may be {size} ({smallest} px on its short side at the "
+                f"backbone); raise input_size or drop {backbone}"
             )
+
+
+def backbone_side(input_size: int, view: str, max_backbone_size: int = 512) -> int:
+    """The short side of what the backbone sees: whole images are 1.5:1, and the stem
+    halves inputs above ``max_backbone_size``."""
+    short = whole_shape(input_size)[1] if view == "whole" else input_size
+    return short // 2 ** stem_blocks(input_size, max_backbone_size)
 
 
 class DefineByRun:

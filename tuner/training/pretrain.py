@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader
 
 import tuner
 from tuner import storage
+from tuner.data.preprocess import whole_shape
 from tuner.data.stream import TileStream, default_augment, load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.errors import UserError
+from tuner.models.backbones import get_spec
 from tuner.models.classifier import ModelArgs, build_model
 from tuner.models.weights import find_imagenet_weights, mias_checkpoint
 from tuner.training.checkpoint import META, STATE, save_checkpoint
@@ -71,17 +73,30 @@ def _check(data: str, weights_dir: str, backbones: list[str], params: PretrainPa
                 f"{data}: the {split} split has no {task.classes[task.counts(entry).index(0)]} "
                 f"{params.view} images for {params.task}; prepare with a larger validation share"
             )
+    todo = []
     for backbone in backbones:
         TrialConfig(backbone=backbone)  # a registered backbone, or a UserError
+        side = whole_shape(params.size)[1] if params.view == "whole" else params.size
+        if get_spec(backbone).min_size > side:
+            raise UserError(
+                f"{backbone} needs inputs of at least {get_spec(backbone).min_size} px; "
+                f"--size {params.size} gives {side} px on the short side: raise --size"
+            )
         find_imagenet_weights(backbone, weights_dir)
-        for stage in STAGES:
-            target = storage.join(mias_checkpoint(weights_dir, backbone, stage), STATE)
-            if storage.exists(target):
-                raise UserError(
-                    f"{target} already exists; remove it or choose another --weights folder "
-                    "(nothing was changed)"
-                )
-    return manifest
+        done = [
+            storage.exists(storage.join(mias_checkpoint(weights_dir, backbone, stage), META))
+            for stage in STAGES
+        ]
+        if all(done):
+            continue  # trained before: kept as it is
+        if any(done):
+            partial = mias_checkpoint(weights_dir, backbone, "head")
+            raise UserError(
+                f"{partial} is left from an interrupted run of {backbone}; remove it and run "
+                "again (nothing was changed)"
+            )
+        todo.append(backbone)
+    return manifest, todo
 
 
 def _upload(local: str, url: str) -> None:
@@ -103,12 +118,17 @@ def pretrain_mias(
     Returns:
         ``{backbone: {stage: validation metrics}}``.
 
+    Backbones whose models are already in ``weights_dir`` are skipped (never overwritten).
+
     Raises:
-        UserError: not a mini-MIAS dataset, a missing view or size, no ImageNet weights, or
-            models already stored there (never overwritten).
+        UserError: not a mini-MIAS dataset, a missing view or size, an input too small for
+            a backbone, no ImageNet weights, or a half-written model from an interrupted run.
     """
     data, weights_dir = storage.normalize(data), storage.normalize(weights_dir)
-    manifest = _check(data, weights_dir, backbones, params)
+    manifest, todo = _check(data, weights_dir, backbones, params)
+    for backbone in backbones:
+        if backbone not in todo:
+            progress(f"{backbone}: mini-MIAS models already in {weights_dir}; kept as they are")
     task = get_task(params.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stream = dict(view=params.view, size=params.size, enhance=params.enhance, task=task)
@@ -129,7 +149,7 @@ def pretrain_mias(
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
 
     results: dict[str, dict] = {}
-    for backbone in backbones:
+    for backbone in todo:
         torch.manual_seed(params.seed)
         cfg = TrialConfig(
             backbone=backbone,

@@ -96,6 +96,7 @@ def train_one_epoch(
         NonFiniteLoss: the loss became NaN or infinite.
     """
     device = torch.device(device)
+    first_step_at = None
     model.train()
     backbone = getattr(model, "backbone", None)
     if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
@@ -121,10 +122,17 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if first_step_at is None:
+            first_step_at = time.time()
         total += value * len(labels)
         images += len(labels)
     seconds = time.perf_counter() - started
-    return {"loss": total / max(images, 1), "images": images, "images_per_s": images / seconds}
+    return {
+        "loss": total / max(images, 1),
+        "images": images,
+        "images_per_s": images / seconds,
+        "first_step_at": first_step_at,  # wall clock (time.time()) after the first step
+    }
 
 
 @torch.no_grad()
@@ -206,6 +214,7 @@ def train_trial(config: dict) -> None:
     """Ray Tune function trainable: one trial of the search."""
     from ray import tune
 
+    entered_at = time.time()
     cfg = TrialConfig.model_validate(config)
     torch.set_num_threads(_cpus())
     torch.manual_seed(cfg.seed)
@@ -305,6 +314,11 @@ def train_trial(config: dict) -> None:
             "epoch_seconds": time.perf_counter() - started,
             "early_stopped": stop,
         }
+        if epoch == start_epoch:
+            # For benchmarks/overhead.py: when this process entered the trial and when its
+            # first training step finished (wall clock).
+            metrics["trial_entered_at"] = entered_at
+            metrics["first_step_at"] = trained["first_step_at"]
         meta = {
             "mammotune_version": tuner.__version__,
             "epoch": epoch + 1,
