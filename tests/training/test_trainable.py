@@ -50,19 +50,12 @@ def test_minority_class_weight_is_the_published_plus_half():
     assert class_weights("minority_x1.5", [5, 10, 7]).tolist() == [1.5, 1.0, 1.0]
 
 
-def _two_groups(model, lr):
-    return torch.optim.Adam(
-        [{"params": list(model.backbone.parameters())}, {"params": model.head_parameters()}],
-        lr=lr,
-    )
-
-
 def test_two_phases_train_the_head_then_everything_at_a_lower_rate():
     from tuner.training.config import TrialConfig
-    from tuner.training.trainable import set_phase
+    from tuner.training.trainable import make_optimizer, set_phase
 
     model = build_model(ModelArgs("small_vgg_bn", num_classes=2))
-    optimizer = _two_groups(model, 1e-3)
+    optimizer = make_optimizer(model, 1e-3)
     cfg = TrialConfig(
         backbone="small_vgg_bn", transfer="mias_all", head_epochs=2, lr=1e-3, epochs=4
     )

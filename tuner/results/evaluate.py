@@ -72,7 +72,8 @@ def predict_split(
     entry = split_entry(
         manifest, config["view"], config["input_size"], split, config.get("enhance", "none")
     )
-    columns = ["image", "height", "width", *task.columns, *_CONTEXT]
+    labels_and_context = list(dict.fromkeys([*task.columns, *_CONTEXT]))
+    columns = ["image", "height", "width", *labels_and_context]
     rows, batches, pending = [], [], []
 
     def flush():
@@ -81,13 +82,12 @@ def predict_split(
             batches.append(torch.softmax(model(tiles).float(), dim=1).numpy())
             pending.clear()
 
+    root = storage.normalize(data)
     for shard in entry["shards"]:
-        url = storage.join(storage.normalize(data), shard["path"])
-        table = shards.decode(
-            io.BytesIO(storage.read_bytes(url)), columns=list(dict.fromkeys(columns))
-        )
+        url = storage.join(root, shard["path"])
+        table = shards.decode(io.BytesIO(storage.read_bytes(url)), columns=columns)
         tiles = shards.images(table)
-        values = {c: table.column(c).to_pylist() for c in dict.fromkeys([*task.columns, *_CONTEXT])}
+        values = {c: table.column(c).to_pylist() for c in labels_and_context}
         for i, tile in enumerate(tiles):
             label = task.label(tuple(values[c][i] for c in task.columns))
             if label is None:

@@ -31,7 +31,13 @@ from tuner.models.weights import find_imagenet_weights, mias_checkpoint
 from tuner.training.checkpoint import META, STATE, save_checkpoint
 from tuner.training.config import TrialConfig
 from tuner.training.metrics import classification_metrics
-from tuner.training.trainable import class_weights, evaluate, set_phase, train_one_epoch
+from tuner.training.trainable import (
+    class_weights,
+    evaluate,
+    make_optimizer,
+    set_phase,
+    train_one_epoch,
+)
 
 __all__ = ["PretrainParams", "pretrain_mias"]
 
@@ -164,10 +170,7 @@ def pretrain_mias(
         )
         args = ModelArgs(backbone=backbone, num_classes=len(task.classes), dropout=params.dropout)
         model = build_model(args, transfer="imagenet", weights_dir=weights_dir).to(device)
-        optimizer = torch.optim.Adam(
-            [{"params": list(model.backbone.parameters())}, {"params": model.head_parameters()}],
-            lr=params.lr,
-        )
+        optimizer = make_optimizer(model, params.lr)
         results[backbone] = {}
         for epoch in range(cfg.epochs):
             started = time.perf_counter()

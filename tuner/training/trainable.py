@@ -37,6 +37,7 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "class_weights",
+    "make_optimizer",
     "set_phase",
     "train_trial",
 ]
@@ -184,6 +185,13 @@ def class_weights(setting: str | float, counts: list[int]) -> torch.Tensor | Non
     return weights
 
 
+def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with two parameter groups, backbone then head (and stem), whose learning rates
+    :func:`set_phase` sets per phase."""
+    groups = [{"params": list(model.backbone.parameters())}, {"params": model.head_parameters()}]
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
 def set_phase(model, optimizer: torch.optim.Optimizer, cfg: TrialConfig, epoch: int) -> str:
     """Set up the training phase of ``epoch``; returns "head" or "all".
 
@@ -232,14 +240,7 @@ def train_trial(config: dict) -> None:
     model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": list(model.backbone.parameters())},
-            {"params": model.head_parameters()},
-        ],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scaler = (
         torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.precision == "fp16" else None
     )
