@@ -1,5 +1,5 @@
 """The ``mammotune`` command line: quickstart, synth, prepare, pretrain-mias, weights fetch,
-search, best, evaluate, predict.
+search, submit, status, best, evaluate, predict.
 
 User mistakes print one line naming the problem and the fix and exit with code 2.
 """
@@ -139,7 +139,7 @@ def print_manifest(manifest: dict, out: str) -> None:
 
 
 def cmd_search(args) -> None:
-    from tuner.cluster import connect
+    from tuner.cluster import check_gpus, connect
     from tuner.config import apply_overrides, load_space
     from tuner.search.runner import check_resumable, plan_search, resume_search, run_search
 
@@ -149,8 +149,9 @@ def cmd_search(args) -> None:
             raise UserError(
                 f"--resume continues the search as it was started; drop {', '.join(given)}"
             )
-        check_resumable(args.resume)  # before starting or joining a cluster
+        meta = check_resumable(args.resume)  # before starting or joining a cluster
         dashboard = connect(args.address)
+        check_gpus(meta["space"]["resources"]["gpu"], args.address)
         console.print(f"resuming the search at {args.resume}")
         if dashboard:
             console.print(f"Ray dashboard: {dashboard}")
@@ -178,6 +179,7 @@ def cmd_search(args) -> None:
         gpus=args.gpus_per_trial,
     )
     dashboard = connect(args.address)
+    check_gpus(plan.space.resources.gpu, args.address or os.environ.get("RAY_ADDRESS"))
     console.print(
         f"search {plan.space.name}: {plan.space.trials} trials, up to {plan.space.max_concurrent} "
         f"at a time, {plan.max_epochs} epochs max, ASHA on {plan.space.metric} ({plan.space.mode})"
@@ -185,8 +187,41 @@ def cmd_search(args) -> None:
     console.print(f"experiment: {plan.experiment}; Optuna study: {plan.study_storage}")
     if dashboard:
         console.print(f"Ray dashboard: {dashboard}")
-    run_search(plan, max_failures=args.max_failures, reuse_actors=args.reuse_actors)
+    run_search(
+        plan, max_failures=args.max_failures, reuse_actors=args.reuse_actors, console=console
+    )
     print_leaderboard(plan.experiment)
+
+
+def cmd_submit(args) -> int:
+    from tuner.jobs import check_env, follow, submit
+
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise UserError(
+            "submit needs --address http://HEAD:8265 (the Ray dashboard's Jobs API) or "
+            "RAY_API_SERVER_ADDRESS"
+        )
+    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    env = check_env(args.env or [])
+    client, job_id = submit(
+        address, command, working_dir=args.working_dir, env=env, submission_id=args.job_id
+    )
+    console.print(f"submitted job {job_id} to {address}: mammotune {' '.join(command)}")
+    console.print(f"  dashboard: {address.rstrip('/')}/#/jobs/{job_id}", soft_wrap=True)
+    if args.no_wait:
+        console.print(f"  follow it with: ray job logs --address {address} --follow {job_id}")
+        return 0
+    try:
+        status = follow(client, job_id, lambda text: console.print(text, soft_wrap=True))
+    except KeyboardInterrupt:
+        errors.print(
+            f"stopped following; job {job_id} goes on (ray job logs --address {address} "
+            f"--follow {job_id}; ray job stop ... {job_id} to stop it)"
+        )
+        return 130
+    console.print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
 
 
 def cmd_pretrain_mias(args) -> None:
@@ -287,6 +322,58 @@ def cmd_best(args) -> None:
             raise UserError(f"{args.experiment}: no trial has a checkpoint to download yet")
         dest = download_checkpoint(board["best"]["checkpoint"], args.download)
         (errors if args.json else console).print(f"best checkpoint downloaded to {dest}")
+
+
+def cmd_status(args) -> None:
+    from collections import Counter
+
+    from tuner.results.leaderboard import leaderboard
+
+    board = leaderboard(args.experiment)
+    trials = board["trials"]
+    counts = Counter(t["status"] for t in trials)
+    summary = {
+        "experiment": board["experiment"],
+        "planned_trials": board["planned_trials"],
+        "started_trials": len(trials),
+        "finished": counts["done"] + counts["stopped"],
+        "running": counts["running"] + counts["pending"] + counts["paused"],
+        "errored": counts["error"],
+        "by_status": dict(counts),
+        "failures": sum(t["failures"] for t in trials),  # failed attempts, retried or not
+        "metric": board["metric"],
+        "best": None,
+    }
+    if board["best"] is not None:
+        best = board["best"]
+        summary["best"] = {
+            "trial_id": best["trial_id"],
+            "value": best["best"].get(board["metric"]),
+            "epoch": best["best"].get("epoch"),
+            "config": best["config"],
+            "checkpoint": best["checkpoint"],
+        }
+    summary["errors"] = {t["trial_id"]: t["error"] for t in trials if t["error"]}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(
+        f"{summary['experiment']}: {summary['started_trials']} of {summary['planned_trials']} "
+        f"trials started; {summary['finished']} finished, {summary['running']} running, "
+        f"{summary['errored']} errored; {summary['failures']} failed attempts (a trial is "
+        "retried from its last checkpoint up to --max-failures times)"
+    )
+    if summary["best"]:
+        best = summary["best"]
+        console.print(
+            f"best so far: {board['metric']} {_short(best['value'])} (trial {best['trial_id']}, "
+            f"epoch {best['epoch']}) {json.dumps(best['config'])}",
+            soft_wrap=True,
+        )
+    else:
+        console.print("no trial has a checkpoint yet")
+    for trial_id, error in summary["errors"].items():
+        console.print(f"trial {trial_id} errored: {error}", soft_wrap=True)
 
 
 def _checkpoints(target: str, top: int) -> list[str]:
@@ -493,6 +580,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_search)
 
     p = commands.add_parser(
+        "submit",
+        help="run a mammotune command on a cluster through Ray's Jobs API",
+        description="Submit `mammotune COMMAND ...` as a Ray job, shipping --working-dir with "
+        "it, and follow its log. The token comes from RAY_AUTH_TOKEN (Ray's token "
+        "authentication); storage credentials are the cluster's own.",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the Jobs API: http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)",
+    )
+    p.add_argument("--working-dir", default=".", help="folder shipped with the job (default: .)")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="environment variable for the job (no secrets), e.g. AWS_ENDPOINT_URL=...",
+    )
+    p.add_argument("--job-id", default=None, help="submission id (default: Ray's)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("job", nargs=argparse.REMAINDER, help="-- search --space ... (the job)")
+    p.set_defaults(run=cmd_submit)
+
+    p = commands.add_parser(
         "pretrain-mias",
         help="train the mini-MIAS models that transfer degrees mias_all and imagenet_mias_head use",
     )
@@ -547,6 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_predict)
 
+    p = commands.add_parser(
+        "status", help="trials finished/running/errored and the best so far (from storage)"
+    )
+    p.add_argument("experiment", help="experiment folder or URL (the search's --storage)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_status)
+
     p = commands.add_parser("best", help="leaderboard, best config and checkpoint")
     p.add_argument("experiment", help="experiment folder or URL (the search's --storage)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -557,18 +675,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tuner.cluster import use_given_token
+
+    use_given_token()  # before anything imports ray
     if args.endpoint_url:
         # Through the environment, so that Ray workers started by this run use it too.
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     try:
-        args.run(args)
+        code = args.run(args)
     except UserError as exc:
         errors.print(f"mammotune {args.command}: error: {exc}")
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -59,7 +59,20 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     botocore, so Ray workers that inherit the environment use the same endpoint);
     credentials come from the environment or an instance role, never from a URL.
     """
-    return url_to_fs(normalize(url))
+    url = normalize(url)
+    if url.startswith(("s3://", "s3a://")):
+        return url_to_fs(url, config_kwargs=S3_CONFIG)
+    return url_to_fs(url)
+
+
+# botocore's standard retry mode (exponential backoff with jitter, on throttling, 5xx and
+# connection errors), with room for an endpoint that is unreachable for a minute or so; a
+# request to a server that has stopped answering waits up to read_timeout, then retries.
+S3_CONFIG = {
+    "retries": {"mode": "standard", "max_attempts": 10},
+    "connect_timeout": 20,
+    "read_timeout": 60,
+}
 
 
 _CREDENTIALS = (

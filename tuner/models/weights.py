@@ -91,10 +91,29 @@ def find_imagenet_weights(backbone: str, weights_dir: str | None) -> str:
     return url
 
 
+def read_state(url: str) -> dict:
+    """A ``torch.save`` file read with ``weights_only=True``: tensors and plain containers only,
+    so a file carrying pickled code is refused, never run.
+
+    Raises:
+        UserError: the file holds anything else (a pickled payload, a foreign format).
+    """
+    try:
+        return torch.load(
+            io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True
+        )
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError: what weights_only refuses
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{url} is not a plain state dict and was not loaded (weights_only refused it: "
+            f"{reason}); use weights and checkpoints made by mammotune or torchvision"
+        ) from None
+
+
 def load_imagenet_state(backbone: str, weights_dir: str | None) -> dict[str, torch.Tensor]:
     """Read the ImageNet state dict of ``backbone`` from ``weights_dir`` (weights only)."""
     url = find_imagenet_weights(backbone, weights_dir)
-    state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
+    state = read_state(url)
     if backbone.startswith("densenet"):
         state = {_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     return state
@@ -142,8 +161,7 @@ def load_mias_state(
         raise UserError(
             f"{url} holds a {meta.get('model_args', {}).get('backbone')} model, not {backbone}"
         )
-    state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
-    return state["model"], meta
+    return read_state(url)["model"], meta
 
 
 def fetch_imagenet(

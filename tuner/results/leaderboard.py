@@ -21,16 +21,22 @@ __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "transfer")
 
 
-def _trial_states(fs, path: str) -> dict[str, str]:
+def _trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
+    """Trial id -> (Tune status, failed attempts), from Tune's newest snapshot."""
     states = sorted(p for p in fs.ls(path, detail=False) if "experiment_state-" in p)
     if not states:
         return {}
     with fs.open(states[-1], "rb") as f:
         data = json.load(f)
     result = {}
-    for trial_json, _ in data.get("trial_data", []):
+    for trial_json, run_json in data.get("trial_data", []):
         trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        result[trial["trial_id"]] = trial.get("status", "UNKNOWN")
+        run = json.loads(run_json) if isinstance(run_json, str) else run_json
+        try:
+            failures = int(json.loads(str(run.get("num_failures", "0"))))
+        except (TypeError, ValueError):
+            failures = 0
+        result[trial["trial_id"]] = (trial.get("status", "UNKNOWN"), failures)
     return result
 
 
@@ -65,7 +71,7 @@ def _read_json(fs, path: str):
         return json.load(f)
 
 
-def _read_trial(fs, folder: str, meta: dict, state: str) -> dict:
+def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> dict:
     metric, mode = meta["metric"], meta["mode"]
     config = _read_json(fs, f"{folder}/params.json") if fs.exists(f"{folder}/params.json") else {}
     epochs = _read_lines(fs, f"{folder}/result.json")
@@ -78,7 +84,9 @@ def _read_trial(fs, folder: str, meta: dict, state: str) -> dict:
                 checkpoints.append((sub, _read_json(fs, f"{sub}/checkpoint.json")["metrics"]))
     checkpoint = _best(checkpoints, lambda item: item[1].get(metric), mode)
     error = None
-    if fs.exists(f"{folder}/error.txt"):
+    # Tune keeps error.txt after a failure even when a retry then succeeded: the trial is
+    # errored only if Tune's snapshot does not say it finished or goes on.
+    if fs.exists(f"{folder}/error.txt") and state not in ("TERMINATED", "RUNNING", "PENDING"):
         state = "ERROR"
         with fs.open(f"{folder}/error.txt", "rb") as f:
             error = _error_reason(f.read().decode(errors="replace"))
@@ -87,6 +95,8 @@ def _read_trial(fs, folder: str, meta: dict, state: str) -> dict:
         "trial_id": posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
         "status": _status(state, len(epochs), meta["max_epochs"]),
         "epochs": len(epochs),
+        "failures": failures,
+        "nodes": sorted({row["node_id"] for row in epochs if row.get("node_id")}),
         "config": {k: v for k, v in config.items() if k in settings},
         "error": error,
         "best": {
@@ -101,8 +111,10 @@ def leaderboard(experiment: str) -> dict:
 
     Returns:
         ``{"experiment", "metric", "mode", "dimensions", "trials": [...], "best": trial or
-        None}``; each trial has ``trial_id``, ``status``, ``epochs``, ``config``, ``best``
-        (metrics of its best epoch) and ``checkpoint`` (URL of its best kept checkpoint).
+        None}``; each trial has ``trial_id``, ``status``, ``epochs``, ``failures`` (failed
+        attempts, retried or not), ``nodes`` (Ray node ids that ran it), ``config``,
+        ``best`` (metrics of its best epoch) and ``checkpoint`` (URL of its best kept
+        checkpoint).
 
     Raises:
         UserError: ``experiment`` holds no mammotune experiment.
@@ -121,7 +133,8 @@ def leaderboard(experiment: str) -> dict:
     for folder in sorted(fs.ls(path, detail=False)):
         name = posixpath.basename(folder.rstrip("/"))
         if name.startswith("trial_") and fs.isdir(folder):
-            trial = _read_trial(fs, folder, meta, states.get(name.removeprefix("trial_"), ""))
+            state, failures = states.get(name.removeprefix("trial_"), ("", 0))
+            trial = _read_trial(fs, folder, meta, state, failures)
             if trial["checkpoint"]:
                 relative = posixpath.relpath(trial["checkpoint"], path)
                 trial["checkpoint"] = storage.join(experiment, relative)
@@ -138,6 +151,7 @@ def leaderboard(experiment: str) -> dict:
         "metric": metric,
         "mode": mode,
         "max_epochs": meta["max_epochs"],
+        "planned_trials": meta["space"].get("trials"),
         "dimensions": _dimensions(meta["space"]),
         "trials": ranked,
         "best": next((t for t in ranked if t["checkpoint"]), None),

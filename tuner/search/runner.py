@@ -145,6 +145,32 @@ def _tune_environment() -> None:
     # from the checkpoints the snapshot knows, so only what a trial did in the last 2 s
     # before the kill is done again.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    _keep_credentials_on_the_driver()
+
+
+# Cloud credentials Ray Tune would copy from the driver's environment into every trial's
+# runtime environment.
+_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+}
+
+
+def _keep_credentials_on_the_driver() -> None:
+    """Stop Tune from shipping the driver's AWS credentials to trials.
+
+    Tune puts them into each trial's ``runtime_env``, which Ray writes in clear into its logs
+    (runtime_env_agent.log) and actor tables (the dashboard). Trials need no copy: each node
+    has its own credentials (its environment, or an instance role), which its workers inherit
+    (the local in-process cluster's workers inherit the driver's environment).
+    """
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set | frozenset):
+        class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - _CREDENTIALS
 
 
 def _trainable(space: SearchSpace, function=None):
@@ -165,6 +191,7 @@ def run_search(
     stop=None,
     callbacks=None,
     reuse_actors: bool = False,
+    console=None,
 ):
     """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
 
@@ -179,6 +206,7 @@ def run_search(
             this same machinery).
         reuse_actors: run trials in recycled worker processes; off for real training, so
             that each trial starts with fresh GPU memory.
+        console: a rich Console for the live trial table (instead of Tune's own output).
     """
     import optuna
     from ray import tune
@@ -246,11 +274,21 @@ def run_search(
             ),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             stop=stop,
-            callbacks=callbacks,
-            verbose=verbose,
+            callbacks=[*_driver_callbacks(name, space, console), *(callbacks or [])],
+            verbose=0 if console is not None else verbose,
         ),
     )
     return tuner_.fit()
+
+
+def _driver_callbacks(name: str, space: SearchSpace, console) -> list:
+    from tuner.search.callbacks import Telemetry, TrialTable
+
+    callbacks = [Telemetry(name, space.metric, space.mode)]
+    if console is not None:
+        columns = [d for d in space.space if d in ("backbone", "input_size", "transfer")]
+        callbacks.append(TrialTable(console, name, space.metric, space.mode, columns))
+    return callbacks
 
 
 def check_resumable(experiment: str) -> dict:

@@ -7,7 +7,6 @@ A checkpoint is a folder (or bucket prefix) holding ``state.pt`` and ``checkpoin
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -16,6 +15,7 @@ import torch
 from tuner import storage
 from tuner.errors import UserError
 from tuner.models.classifier import Classifier, ModelArgs, build_model
+from tuner.models.weights import read_state
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "read_meta"]
 
@@ -59,11 +59,7 @@ def load_checkpoint(checkpoint: str) -> tuple[Classifier, dict, dict]:
         (model in eval mode, meta, the raw state with "model" and maybe "optimizer").
     """
     meta = read_meta(checkpoint)
-    data = storage.read_bytes(storage.join(checkpoint, STATE))
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses anything but tensors and plain data
-        raise UserError(f"{checkpoint}: {STATE} is not a plain state dict ({exc})") from exc
+    state = read_state(storage.join(checkpoint, STATE))
     try:
         model = build_model(ModelArgs(**meta["model_args"]))
         model.load_state_dict(state["model"])

@@ -27,6 +27,8 @@ import tuner
 from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.models.classifier import ModelArgs, build_model
+from tuner.models.weights import read_state
+from tuner.telemetry import record_epoch
 from tuner.training.checkpoint import META, STATE, save_checkpoint
 from tuner.training.config import MINORITY, TrialConfig
 from tuner.training.metrics import classification_metrics
@@ -103,7 +105,9 @@ def train_one_epoch(
     if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
         backbone.eval()  # a frozen backbone keeps its batch-norm statistics
     total, images, started = 0.0, 0, time.perf_counter()
+    waited, asked = 0.0, started  # time spent waiting for the loader's next batch
     for step, (tiles, labels) in enumerate(loader):
+        waited += time.perf_counter() - asked
         tiles, labels = _to_device(tiles, device), labels.to(device, non_blocking=True)
         if batch_augment is not None:
             tiles = batch_augment(tiles)
@@ -127,11 +131,13 @@ def train_one_epoch(
             first_step_at = time.time()
         total += value * len(labels)
         images += len(labels)
+        asked = time.perf_counter()
     seconds = time.perf_counter() - started
     return {
         "loss": total / max(images, 1),
         "images": images,
         "images_per_s": images / seconds,
+        "data_wait_share": waited / seconds,  # near 0: the GPU/CPU never waits for shards
         "first_step_at": first_step_at,  # wall clock (time.time()) after the first step
     }
 
@@ -218,6 +224,15 @@ def _cpus() -> int:
         return max(1, torch.get_num_threads())
 
 
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside a Ray worker
+        return ""
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable: one trial of the search."""
     from ray import tune
@@ -275,7 +290,7 @@ def train_trial(config: dict) -> None:
     if resumed:
         # A restarted trial (dead worker, resumed search) goes on from its last epoch.
         with resumed.as_directory() as directory:
-            state = torch.load(f"{directory}/{STATE}", map_location="cpu", weights_only=True)
+            state = read_state(f"{directory}/{STATE}")
             with open(f"{directory}/{META}") as f:
                 saved = json.load(f)
         start_epoch = int(saved["epoch"])
@@ -284,6 +299,7 @@ def train_trial(config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # moves its state to the model's device
 
+    node_id = _node_id()
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         phase = set_phase(model, optimizer, cfg, epoch)
@@ -312,9 +328,19 @@ def train_trial(config: dict) -> None:
             "val_loss": validated["loss"],
             **{f"val_{name}": value for name, value in scores.items()},
             "train_images_per_s": trained["images_per_s"],
+            "data_wait_share": trained["data_wait_share"],
             "epoch_seconds": time.perf_counter() - started,
+            "node_id": node_id,  # which Ray node ran this epoch (restarts may move a trial)
             "early_stopped": stop,
         }
+        context = tune.get_context()
+        record_epoch(
+            context.get_experiment_name() or "",
+            context.get_trial_id() or "",
+            images_per_s=trained["images_per_s"],
+            data_wait_share=trained["data_wait_share"],
+            seconds=metrics["epoch_seconds"],
+        )
         if epoch == start_epoch:
             # For benchmarks/overhead.py: when this process entered the trial and when its
             # first training step finished (wall clock).

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""A real multi-node Ray cluster and an S3-protocol server on one machine, for development
+and tests: a Ray head and a Ray worker node (separate ``ray start`` processes, each with its
+own ports, CPUs and shard cache) and moto's standalone S3 server, all on loopback where Ray
+allows it, with Ray's token authentication on.
+
+    python infra/local/stack.py up            # prints what to source
+    source .mammotune-stack/env.sh            # RAY_ADDRESS, RAY_AUTH_MODE=token, token, S3
+    mammotune prepare ... s3://data/cbis --address "$RAY_ADDRESS"
+    mammotune search --address "$RAY_ADDRESS" --data s3://data/cbis --storage s3://runs/exp1
+    python infra/local/stack.py status
+    python infra/local/stack.py down          # stops exactly what `up` started
+
+It needs the test extras (``pip install -e ".[test]"``: moto's server). ``down`` stops the
+processes this stack started (and their children) by PID, never every Ray
+process on the machine by name, so another Ray cluster on the same machine is left alone.
+Tests import :class:`LocalStack` from this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+STATE = "stack.json"
+# Ray's own per-node ports: each node needs its own when two share a machine.
+NODE_PORTS = (
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        process = psutil.Process(pid)
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop(processes: list[psutil.Process], *, sig=signal.SIGTERM, grace: float = 10) -> None:
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:  # `ray start --block` can hang on SIGTERM; its children do not
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class LocalStack:
+    """The stack whose state lives in ``directory`` (created by :meth:`up`)."""
+
+    def __init__(self, directory: str | os.PathLike = ".mammotune-stack"):
+        self.directory = Path(directory).resolve()
+        self.state: dict = {}
+        if (self.directory / STATE).exists():
+            self.state = json.loads((self.directory / STATE).read_text())
+
+    # -- what clients need -------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.state['ports']['gcs']}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.state['ports']['dashboard']}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.state['ports']['s3']}"
+
+    @property
+    def temp_dir(self) -> Path:
+        return Path(self.state["temp_dir"])
+
+    def metrics_targets(self) -> list[str]:
+        """Prometheus targets from Ray's service-discovery file (what prometheus.yml reads)."""
+        sd = self.temp_dir / "head" / "prom_metrics_service_discovery.json"
+        return [t for group in json.loads(sd.read_text()) for t in group["targets"]]
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a driver or `mammotune` command that uses this stack."""
+        env = {
+            "RAY_ADDRESS": self.address,
+            "RAY_API_SERVER_ADDRESS": self.dashboard,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.directory / "auth_token"),
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        return env
+
+    def node_env(self, node: str) -> dict[str, str]:
+        """A node's environment: the client's, its own shard cache, quicker metric reports."""
+        return {
+            **self.client_env(),
+            "MAMMOTUNE_CACHE_DIR": str(self.directory / f"cache-{node}"),
+            "RAY_metrics_report_interval_ms": "2000",
+            "NO_ALBUMENTATIONS_UPDATE": "1",
+            # Jobs run `python -m tuner` on the head: this environment's Python, as a
+            # container image's would be on a real cluster.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def up(
+        self,
+        *,
+        head_cpus: int = 1,
+        worker_cpus: int = 1,
+        object_store_mb: int = 512,
+        env: dict[str, str] | None = None,
+        buckets: tuple[str, ...] = ("data", "runs"),
+        timeout: float = 90,
+    ) -> LocalStack:
+        """Start the S3 server, the head and the worker node; return once both nodes are up.
+
+        Args:
+            env: the environment the servers and nodes start with (default: this process's);
+                credentials for the S3 server come from it, as on a real cluster.
+            buckets: made empty on the S3 server (s3://data, s3://runs).
+        """
+        if self.state and any(_tree(p) for p in self.pids()):
+            raise StackError(f"a stack is already running from {self.directory}; run `down`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        base_env = dict(os.environ if env is None else env)
+        base_env.setdefault("AWS_ACCESS_KEY_ID", "mammotune-local")
+        base_env.setdefault("AWS_SECRET_ACCESS_KEY", "mammotune-local")
+        base_env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        self._env = base_env  # kept in memory only: it may hold credentials
+        token = self.directory / "auth_token"
+        if not token.exists():
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
+        # Ray's socket paths must stay under ~107 characters: a short folder of its own.
+        temp_dir = tempfile.mkdtemp(prefix="mt-ray-", dir="/tmp")
+        ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port()}
+        ports["s3"] = free_port()
+        # Worker processes take ports from a range per node, below Linux's ephemeral range.
+        base = random.randrange(20000, 30000, 400)
+        for i, node in enumerate(("head", "worker")):
+            ports[node] = {name: free_port() for name in NODE_PORTS}
+            ports[node]["workers"] = (base + 200 * i, base + 200 * i + 199)
+        self.state = {"temp_dir": temp_dir, "ports": ports, "pids": {}}
+        logs = self.directory / "logs"
+        logs.mkdir(exist_ok=True)
+        try:
+            self._start(
+                "s3",
+                [
+                    str(BIN / "python"),
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(ports["s3"]),
+                ],
+                base_env,
+            )
+            self._wait_http(f"{self.s3_endpoint}/moto-api/", timeout)
+            self._make_buckets(buckets, base_env)
+            self._start("head", self._ray_start("head", head_cpus, object_store_mb), base_env)
+            self._wait_nodes(1, timeout, base_env)
+            self._start("worker", self._ray_start("worker", worker_cpus, object_store_mb), base_env)
+            self._wait_nodes(2, timeout, base_env)
+        except BaseException:
+            self.down()
+            raise
+        env_sh = "".join(f"export {k}={v}\n" for k, v in self.client_env().items())
+        (self.directory / "env.sh").write_text(env_sh)
+        return self
+
+    def _make_buckets(self, buckets, env: dict) -> None:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+
+    def _ray_start(self, node: str, cpus: int, object_store_mb: int) -> list[str]:
+        ports = self.state["ports"]
+        own = ports[node]
+        command = [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}", "--num-gpus=0"]
+        # Each node its own temp dir, as on separate machines: nodes on one machine sharing
+        # one would share (and delete each other's) runtime-env files such as a job's
+        # working directory.
+        command += [f"--temp-dir={self.temp_dir / node}"]
+        command += [f"--object-store-memory={object_store_mb << 20}"]
+        command += [f"--{name}={own[name]}" for name in NODE_PORTS]
+        command += [
+            f"--min-worker-port={own['workers'][0]}",
+            f"--max-worker-port={own['workers'][1]}",
+        ]
+        if node == "head":
+            command += [
+                "--head",
+                f"--port={ports['gcs']}",
+                # The dashboard and its Jobs API on loopback only: reach them through an SSH
+                # tunnel or a port-forward (README, "Run on a cluster").
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={ports['dashboard']}",
+                f"--ray-client-server-port={ports['client']}",
+            ]
+        else:
+            command += [f"--address={self.address}"]
+        return command
+
+    def _start(self, name: str, command: list[str], base_env: dict) -> None:
+        env = {**base_env, **(self.node_env(name) if name != "s3" else {})}
+        log = (self.directory / "logs" / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.state["pids"][name] = process.pid
+        self._save()
+
+    def _save(self) -> None:
+        (self.directory / STATE).write_text(json.dumps(self.state, indent=2))
+
+    def _wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise StackError(f"{url} did not answer within {timeout:.0f}s; see {self.directory}/logs")
+
+    def node_ids(self, env: dict | None = None) -> dict[str, str]:
+        """{"head": node id, "worker": node id} of the alive nodes, as the GCS sees them
+        (asked from a separate driver process)."""
+        probe = (
+            "import json, ray; ray.init(logging_level='ERROR');"
+            "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() "
+            "if n['Alive']}))"
+        )
+        result = subprocess.run(
+            [str(BIN / "python"), "-c", probe],
+            env={**(env or os.environ), **self.client_env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            return {}
+        by_port = json.loads(result.stdout.strip().splitlines()[-1])
+        ports = self.state["ports"]
+        names = {str(ports[node]["node-manager-port"]): node for node in ("head", "worker")}
+        return {names[port]: node_id for port, node_id in by_port.items() if port in names}
+
+    def alive_nodes(self, env: dict | None = None) -> int:
+        return len(self.node_ids(env))
+
+    def restart_worker(self, *, cpus: int = 1, object_store_mb: int = 512, timeout=90) -> None:
+        """Start the worker node again (after :meth:`kill_node`), with the same ports."""
+        env = getattr(self, "_env", None) or dict(os.environ)
+        self._start("worker", self._ray_start("worker", cpus, object_store_mb), env)
+        self._wait_nodes(2, timeout, env)
+
+    def _wait_nodes(self, count: int, timeout: float, env: dict) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, pid in self.state["pids"].items():
+                if not _tree(pid):
+                    log = (self.directory / "logs" / f"{name}.log").read_text()[-3000:]
+                    raise StackError(f"{name} exited during start:\n{log}")
+            if self.alive_nodes(env) >= count:
+                return
+            time.sleep(1)
+        raise StackError(f"{count} Ray node(s) not up within {timeout:.0f}s; see the logs")
+
+    def pids(self) -> list[int]:
+        return list(self.state.get("pids", {}).values())
+
+    def kill_node(self, node: str = "worker") -> None:
+        """SIGKILL a node's whole process tree (raylet, agents, trial workers): a lost machine."""
+        _stop(_tree(self.state["pids"][node]), sig=signal.SIGKILL, grace=10)
+
+    def pause_s3(self) -> None:
+        """Freeze the S3 server (SIGSTOP): it accepts connections but answers nothing."""
+        os.kill(self.state["pids"]["s3"], signal.SIGSTOP)
+
+    def resume_s3(self) -> None:
+        os.kill(self.state["pids"]["s3"], signal.SIGCONT)
+
+    def down(self) -> None:
+        """Stop what :meth:`up` started (worker, head, S3 server), nothing else."""
+        pids = self.state.get("pids", {})
+        if "s3" in pids:
+            try:
+                os.kill(pids["s3"], signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            except ProcessLookupError:
+                pass
+        for name in ("worker", "head", "s3"):
+            if name in pids:
+                _stop(_tree(pids[name]))
+        if self.state.get("temp_dir"):
+            # Ray's logs (both nodes) are kept with the stack's own logs for post-mortems.
+            target = self.directory / "ray"
+            if Path(self.state["temp_dir"]).exists():
+                shutil.rmtree(target, ignore_errors=True)  # the previous run's
+                shutil.move(self.state["temp_dir"], target)
+        self.state["pids"] = {}
+        if self.directory.exists():
+            self._save()
+
+    def describe(self) -> str:
+        running = {name: bool(_tree(pid)) for name, pid in self.state.get("pids", {}).items()}
+        lines = [f"stack at {self.directory}"]
+        if not running:
+            return lines[0] + ": not running"
+        lines += [f"  {name}: {'running' if up else 'stopped'}" for name, up in running.items()]
+        lines += [
+            f"  Ray address:    {self.address}",
+            f"  dashboard/Jobs: {self.dashboard}",
+            f"  S3 endpoint:    {self.s3_endpoint}",
+            f"  metrics:        {', '.join(self.metrics_targets())}",
+            f"  source {self.directory / 'env.sh'}",
+        ]
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", default=".mammotune-stack", help="state, token, logs, caches")
+    parser.add_argument("--head-cpus", type=int, default=1)
+    parser.add_argument("--worker-cpus", type=int, default=1)
+    args = parser.parse_args(argv)
+    stack = LocalStack(args.dir)
+    try:
+        if args.action == "up":
+            stack.up(head_cpus=args.head_cpus, worker_cpus=args.worker_cpus)
+        elif args.action == "down":
+            stack.down()
+    except StackError as exc:
+        print(f"stack {args.action}: error: {exc}", file=sys.stderr)
+        return 2
+    print(stack.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

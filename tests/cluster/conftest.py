@@ -1,0 +1,148 @@
+"""The local two-node cluster of infra/local/stack.py (a Ray head and a Ray worker node, each
+its own `ray start`, plus an S3-protocol server), shared by the tests of this folder, and
+a dataset prepared onto it by `mammotune prepare` running on that cluster.
+
+Everything runs as a user would run it: `mammotune` commands in their own processes, with
+the stack's address, token and S3 endpoint in their environment."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("stack", REPO / "infra" / "local" / "stack.py")
+stack_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stack_module)
+
+# Small enough for CPU trials of a few seconds an epoch, large enough that both classes are
+# learnt: small_vgg_bn on 48 px lesion-vs-tissue tiles.
+SPACE = """
+name: {name}
+task: lesion_vs_tissue
+metric: val_roc_auc
+trials: {trials}
+max_concurrent: 2
+seed: {seed}
+tpe: {{n_startup_trials: 2}}
+asha: {{grace_period: {epochs}}}
+fixed: {{epochs: {epochs}, batch_size: 16, input_size: 48, backbone: small_vgg_bn}}
+space:
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+  lr: {{type: log-float, low: 3.0e-4, high: 1.0e-3}}
+"""
+
+
+def write_space(folder, name: str, *, trials: int = 3, epochs: int = 3, seed: int = 0):
+    path = folder / f"{name}.yaml"
+    path.write_text(SPACE.format(name=name, trials=trials, epochs=epochs, seed=seed))
+    return path
+
+
+@pytest.fixture(scope="session")
+def secret() -> str:
+    """The secret access key the cluster and its clients use: it must leak nowhere."""
+    return "mt-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, secret):
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "mammotune-cluster", "AWS_SECRET_ACCESS_KEY": secret}
+    local = stack_module.LocalStack(tmp_path_factory.mktemp("stack"))
+    local.up(env=env)
+    yield local
+    local.down()
+
+
+class Client:
+    """Runs `mammotune` commands against the stack, as a user's shell would."""
+
+    def __init__(self, stack, secret: str):
+        self.stack = stack
+        self.env = {
+            **os.environ,
+            **stack.client_env(),
+            "AWS_ACCESS_KEY_ID": "mammotune-cluster",
+            "AWS_SECRET_ACCESS_KEY": secret,
+        }
+
+    def command(self, *args) -> list[str]:
+        return [sys.executable, "-m", "tuner", *map(str, args)]
+
+    def run(self, *args, timeout: float = 600, env: dict | None = None):
+        return subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            cwd=REPO,
+        )
+
+    def start(self, *args, log):
+        return subprocess.Popen(
+            self.command(*args),
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def s3(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            endpoint_url=self.stack.s3_endpoint,
+            key=self.env["AWS_ACCESS_KEY_ID"],
+            secret=self.env["AWS_SECRET_ACCESS_KEY"],
+            skip_instance_cache=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def client(stack, secret) -> Client:
+    return Client(stack, secret)
+
+
+@pytest.fixture(scope="session")
+def cluster_data(client, synthetic_source) -> str:
+    """The synthetic CBIS-DDSM source prepared onto the S3 server by Ray on the cluster."""
+    url = "s3://data/cbis"
+    result = client.run(
+        "prepare",
+        synthetic_source,
+        url,
+        "--views",
+        "roi",
+        "--sizes",
+        "48",
+        "--context-px",
+        "150",
+        "--train-variants",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--address",
+        client.stack.address,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return url
+
+
+def trial_rows(fs, experiment: str) -> dict[str, list[dict]]:
+    """Each trial folder's reported epochs (Tune's result.json), read from the bucket."""
+    import json
+
+    rows = {}
+    for folder in fs.glob(f"{experiment.removeprefix('s3://')}/trial_*"):
+        result = f"{folder}/result.json"
+        lines = fs.cat(result).decode().splitlines() if fs.exists(result) else []
+        rows[folder.rsplit("/", 1)[-1]] = [json.loads(line) for line in lines if line.strip()]
+    return rows

@@ -1,0 +1,227 @@
+"""`mammotune submit` through Ray's Jobs API with the token from RAY_AUTH_TOKEN, and the bad
+input a cluster user meets: an unreachable address, a wrong token, a cluster without GPUs,
+a bucket without write permission. Each is one clear line and exit code 2, before any trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.cluster.conftest import write_space
+from tests.conftest import REPO, _free_port, start_moto
+
+
+def _one_clear_line(result, *needles):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mammotune ")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _token_env(client) -> dict:
+    """A submitter's environment: the token itself in RAY_AUTH_TOKEN, no RAY_AUTH_MODE."""
+    token = (client.stack.directory / "auth_token").read_text().strip()
+    env = {k: v for k, v in client.env.items() if not k.startswith("RAY_AUTH")}
+    return {**env, "RAY_AUTH_TOKEN": token}
+
+
+def test_submit_runs_a_search_as_a_ray_job(client, cluster_data, tmp_path):
+    space = write_space(tmp_path, "submitted", trials=1, epochs=1)
+    (REPO / ".pytest-submit").mkdir(exist_ok=True)  # space files travel in the working dir
+    shipped = REPO / ".pytest-submit" / "submitted.yaml"
+    shipped.write_text(space.read_text())
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tuner",
+                "submit",
+                "--address",
+                client.stack.dashboard,
+                "--",
+                "search",
+                "--space",
+                ".pytest-submit/submitted.yaml",
+                "--data",
+                cluster_data,
+                "--storage",
+                "s3://runs/submitted",
+                "--study",
+                f"sqlite:///{tmp_path}/study.db",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            env=_token_env(client),
+        )
+    finally:
+        shipped.unlink()
+        (REPO / ".pytest-submit").rmdir()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SUCCEEDED" in result.stdout and "best trial" in result.stdout
+    status = json.loads(client.run("status", "s3://runs/submitted", "--json").stdout)
+    assert status["finished"] == 1
+
+
+def test_submit_refuses_secrets_in_the_job_environment(client):
+    result = client.run(
+        "submit",
+        "--address",
+        client.stack.dashboard,
+        "--env",
+        "AWS_SECRET_ACCESS_KEY=x",
+        "--",
+        "status",
+        "s3://runs/x",
+    )
+    _one_clear_line(result, "secrets are not shipped with jobs")
+
+
+def test_submit_with_a_wrong_token(client):
+    env = {**_token_env(client), "RAY_AUTH_TOKEN": "0" * 64}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner",
+            "submit",
+            "--address",
+            client.stack.dashboard,
+            "--",
+            "status",
+            "s3://runs/x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+    _one_clear_line(result, "refused this client's token")
+
+
+def test_submit_to_an_unreachable_address(client):
+    result = client.run(
+        "submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", "status", "x"
+    )
+    _one_clear_line(result, "cannot reach the Ray Jobs API")
+
+
+def test_search_at_an_unreachable_address(client, cluster_data, tmp_path):
+    space = write_space(tmp_path, "unreachable")
+    result = client.run(
+        "search",
+        "--space",
+        space,
+        "--data",
+        cluster_data,
+        "--storage",
+        "s3://runs/unreach",
+        "--address",
+        f"127.0.0.1:{_free_port()}",
+        timeout=120,
+    )
+    _one_clear_line(result, "cannot reach the Ray cluster")
+
+
+def test_search_with_a_wrong_token(client, cluster_data, tmp_path):
+    space = write_space(tmp_path, "wrong-token")
+    result = client.run(
+        "search",
+        "--space",
+        space,
+        "--data",
+        cluster_data,
+        "--storage",
+        "s3://runs/wrong-token",
+        "--address",
+        client.stack.address,
+        timeout=180,
+        env={"RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_TOKEN": "0" * 64},
+    )
+    _one_clear_line(result, "refused this client's token")
+    assert not client.s3().exists("runs/wrong-token")
+
+
+def test_a_gpu_search_on_a_cluster_without_gpus(client, cluster_data, tmp_path):
+    space = write_space(tmp_path, "gpus")
+    result = client.run(
+        "search",
+        "--space",
+        space,
+        "--data",
+        cluster_data,
+        "--storage",
+        "s3://runs/gpus",
+        "--gpus-per-trial",
+        "1",
+        "--address",
+        client.stack.address,
+        timeout=180,
+    )
+    _one_clear_line(result, "has no GPUs", "--gpus-per-trial 0")
+    assert not client.s3().exists("runs/gpus")  # nothing written before the refusal
+
+
+@pytest.fixture
+def read_only_bucket(tmp_path):
+    """An S3 server that checks permissions (moto with IAM on), a bucket, and a user allowed
+    to read it but not write: the endpoint and that user's credentials."""
+    import boto3
+
+    port = _free_port()
+    # The first four requests (the setup below) go through unchecked.
+    server = start_moto(port, tmp_path / "iam.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+    endpoint = f"http://127.0.0.1:{port}"
+    admin = dict(endpoint_url=endpoint, region_name="us-east-1")
+    boto3.client("s3", **admin).create_bucket(Bucket="readonly")
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="reader")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    yield {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_a_bucket_without_write_permission(prepared, read_only_bucket, tmp_path):
+    space = write_space(tmp_path, "read-only")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner",
+            "search",
+            "--space",
+            str(space),
+            "--data",
+            str(prepared),
+            "--storage",
+            "s3://readonly/exp",
+            "--study",
+            f"sqlite:///{tmp_path}/study.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        env={**os.environ, **read_only_bucket},
+    )
+    _one_clear_line(result, "cannot write to s3://readonly")
+    assert read_only_bucket["AWS_SECRET_ACCESS_KEY"] not in result.stderr + result.stdout

@@ -1,0 +1,125 @@
+"""The cloud launch files, dashboards and docs: Ray's own cluster-config validator accepts the
+launcher YAML, the KubeRay manifests carry what a GPU search needs, token authentication is on
+everywhere, and no secret is in any file the project ships."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tuner.cli import build_parser, resolve_space
+
+INFRA = REPO / "infra"
+
+
+def test_the_aws_launcher_config_passes_rays_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # Ray's JSON schema, as `ray up` applies it
+
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert "GPU" not in head["resources"]
+    gpu = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
+    assert gpu and gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1  # autoscaling
+    for node_type in types.values():  # bucket access from an instance role, not keys
+        assert "instance-profile/" in node_type["node_config"]["IamInstanceProfile"]["Arn"]
+    assert config["docker"]["image"]
+    start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert start.count("RAY_AUTH_MODE=token") == 2
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+def test_a_broken_launcher_config_is_refused_by_the_same_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    del config["available_node_types"]["gpu_worker"]["resources"]
+    with pytest.raises(Exception, match="resources"):
+        validate_config(prepare_config(config))
+
+
+def _kuberay(name: str) -> dict:
+    return yaml.safe_load((INFRA / "kuberay" / name).read_text())
+
+
+def _check_cluster_spec(spec: dict) -> None:
+    assert spec["authOptions"]["mode"] == "token"
+    assert tuple(map(int, spec["rayVersion"].split("."))) >= (2, 52)
+    assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    (group,) = spec["workerGroupSpecs"]
+    assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1
+    pod = group["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert container["image"] == spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_the_kuberay_raycluster_has_a_gpu_group_and_token_auth():
+    cluster = _kuberay("raycluster.yaml")
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    _check_cluster_spec(cluster["spec"])
+
+
+def test_the_kuberay_rayjob_runs_a_valid_search():
+    job = _kuberay("rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    _check_cluster_spec(job["spec"]["rayClusterSpec"])
+    command = shlex.split(job["spec"]["entrypoint"])
+    assert command[:2] == ["mammotune", "search"]
+    args = build_parser().parse_args(command[1:])  # what the job's driver will parse
+    assert resolve_space(args.space).is_file()
+    assert args.data.startswith("s3://") and args.storage.startswith("s3://")
+
+
+def test_the_image_is_cuda_based_and_installs_the_project():
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+", dockerfile, re.M)
+    assert "FROM ${CUDA_IMAGE}" in dockerfile
+    assert re.search(r"pip install .* -e \.", dockerfile)
+    assert "RAY_AUTH_MODE=token" in dockerfile
+
+
+def test_prometheus_scrapes_through_rays_service_discovery_file():
+    config = yaml.safe_load((REPO / "dashboards" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    files = job["file_sd_configs"][0]["files"]
+    assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+def test_the_grafana_dashboard_parses_and_shows_ray_beside_mammotune():
+    dashboard = json.loads((REPO / "dashboards" / "grafana" / "mammotune.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert any("ray_mammotune_" in e for e in exprs)
+    assert any("ray_node_gpus_utilization" in e for e in exprs)
+    assert any("ray_node_cpu_utilization" in e for e in exprs)
+
+
+SHIPPED = [
+    *INFRA.rglob("*"),
+    *(REPO / "dashboards").rglob("*"),
+    REPO / "README.md",
+    *(REPO / "search_spaces").glob("*.yaml"),
+]
+SECRETS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # an AWS access key id
+    re.compile(r"aws_secret_access_key\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}", re.I),  # its value
+    re.compile(r"RAY_AUTH_TOKEN\s*[:=]\s*[\"']?[0-9a-f]{16,}", re.I),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+]
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.is_file()], ids=lambda p: p.name)
+def test_no_secret_and_no_advice_to_turn_authentication_off(path):
+    text = path.read_text(errors="replace")
+    for pattern in SECRETS:
+        assert not pattern.search(text), f"{path}: {pattern.pattern}"
+    assert not re.search(r"RAY_AUTH_MODE\s*[=:]\s*[\"']?disabled", text), path
+    assert "authOptions" not in text or re.search(r"mode:\s*token", text), path

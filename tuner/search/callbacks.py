@@ -1,0 +1,148 @@
+"""Ray Tune callbacks of the search driver: telemetry for the dashboards and the live trial
+table in the terminal."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+from ray.tune import Callback
+
+from tuner.telemetry import record_search
+
+__all__ = ["Telemetry", "TrialTable", "STATES"]
+
+# Tune's trial states in the words of a search.
+STATES = {
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "PAUSED": "paused",
+    "TERMINATED": "finished",
+    "ERROR": "errored",
+}
+
+
+def _better(a, b, mode: str) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return False
+    return b is None or (a > b if mode == "max" else a < b)
+
+
+class _SearchView(Callback):
+    """Trial states and the best metric so far, as the driver sees them."""
+
+    def __init__(self, experiment: str, metric: str, mode: str):
+        self.experiment, self.metric, self.mode = experiment, metric, mode
+        self.best: float | None = None
+        self.best_trial: str | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if _better(value, self.best, self.mode):
+            self.best, self.best_trial = float(value), trial.trial_id
+
+    def states(self, trials) -> dict[str, int]:
+        counts = Counter(STATES.get(t.status, t.status.lower()) for t in trials)
+        return {state: counts.get(state, 0) for state in STATES.values()}
+
+
+class Telemetry(_SearchView):
+    """Exports ``mammotune_trials`` (by state) and ``mammotune_best_metric``."""
+
+    def on_step_end(self, iteration, trials, **info):
+        record_search(self.experiment, self.states(trials), metric=self.metric, best=self.best)
+
+    def on_experiment_end(self, trials, **info):
+        self.on_step_end(0, trials)
+
+
+class TrialTable(_SearchView):
+    """A live table of the trials on a terminal; one summary line per change elsewhere
+    (CI logs, files)."""
+
+    def __init__(self, console, experiment: str, metric: str, mode: str, columns=()):
+        super().__init__(experiment, metric, mode)
+        self.console, self.columns = console, list(columns)
+        self.live = None
+        self.last_line, self.last_draw = "", 0.0
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment (tuner.pkl): a console and a live
+        # display are this process's, so a resumed search gets fresh ones.
+        state = self.__dict__.copy()
+        state.update(console=None, live=None)
+        return state
+
+    def __setstate__(self, state):
+        from rich.console import Console
+
+        self.__dict__.update(state)
+        self.console = Console(highlight=False, markup=False)
+
+    def _table(self, trials):
+        from rich.table import Table
+
+        table = Table(
+            "trial",
+            "status",
+            "node",
+            "failures",
+            *self.columns,
+            "epoch",
+            self.metric,
+            "img/s",
+            "data wait",
+            title=self._summary(trials),
+        )
+        for trial in trials:
+            result = trial.last_result or {}
+            node = str(result.get("node_id", ""))[:8] or "-"
+            table.add_row(
+                trial.trial_id,
+                STATES.get(trial.status, trial.status.lower()),
+                node,
+                str(getattr(trial, "num_failures", 0)),
+                *(_cell(trial.config.get(c)) for c in self.columns),
+                _cell(result.get("epoch")),
+                _cell(result.get(self.metric)),
+                _cell(result.get("train_images_per_s")),
+                _cell(result.get("data_wait_share")),
+            )
+        return table
+
+    def _summary(self, trials) -> str:
+        states = ", ".join(f"{n} {s}" for s, n in self.states(trials).items() if n)
+        best = f"; best {self.metric} {self.best:.3f} ({self.best_trial})" if self.best else ""
+        return f"{self.experiment}: {states}{best}"
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.console.is_terminal:
+            if time.monotonic() - self.last_draw < 1.0:
+                return
+            self.last_draw = time.monotonic()
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(console=self.console, auto_refresh=False, transient=False)
+                self.live.start()
+            self.live.update(self._table(trials), refresh=True)
+            return
+        line = self._summary(trials)
+        if line != self.last_line:
+            self.console.print(line, soft_wrap=True)
+            self.last_line = line
+
+    def on_experiment_end(self, trials, **info):
+        if self.live is not None:
+            self.live.update(self._table(trials), refresh=True)
+            self.live.stop()
+            self.live = None
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 100 else f"{value:.3f}"
+    return str(value)
