@@ -91,7 +91,7 @@ def run_quickstart(
         f"{plan.space.trials} trials, {plan.space.max_concurrent} at a time, up to "
         f"{plan.max_epochs} epochs each; experiment at {experiment}"
     )
-    run_search(plan)
+    run_search(plan, console=console)
     seconds["search"] = time.perf_counter() - t
 
     console.print(Rule("4/4 best: leaderboard"))

@@ -95,6 +95,16 @@ class Client:
             start_new_session=True,
         )
 
+    def search_args(self, folder, name: str, data: str, *extra, address=None, **space) -> list:
+        """`search` with a space written into ``folder`` (see :func:`write_space`), its
+        experiment at s3://runs/<name>, its study in ``folder``, on the stack (or
+        ``address``)."""
+        return [
+            "search", "--space", write_space(folder, name, **space), "--data", data,
+            "--storage", f"s3://runs/{name}", "--study", f"sqlite:///{folder}/study.db",
+            "--address", address or self.stack.address, *extra,
+        ]  # fmt: skip
+
     def s3(self):
         import s3fs
 

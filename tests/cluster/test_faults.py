@@ -11,7 +11,7 @@ import time
 
 import optuna
 
-from tests.cluster.conftest import trial_rows, write_space
+from tests.cluster.conftest import trial_rows
 
 
 def _wait(condition, what: str, driver, log, timeout: float = 300):
@@ -37,24 +37,11 @@ def _epochs_in_order(rows: list[dict]) -> list[int]:
 
 def test_a_lost_worker_node_moves_its_trials_to_the_survivor(client, cluster_data, tmp_path):
     experiment = "s3://runs/node-lost"
-    space = write_space(tmp_path, "node-lost", trials=3, epochs=4, seed=1)
     log = tmp_path / "driver.log"
-    driver = client.start(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        experiment,
-        "--study",
-        f"sqlite:///{tmp_path}/study.db",
-        "--max-failures",
-        "2",
-        "--address",
-        client.stack.address,
-        log=log,
+    args = client.search_args(
+        tmp_path, "node-lost", cluster_data, "--max-failures", "2", trials=3, epochs=4, seed=1
     )
+    driver = client.start(*args, log=log)
     fs = client.s3()
     worker = client.stack.node_ids()["worker"]
     try:
@@ -94,22 +81,9 @@ def test_a_lost_worker_node_moves_its_trials_to_the_survivor(client, cluster_dat
 
 def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_path):
     experiment = "s3://runs/driver-killed"
-    space = write_space(tmp_path, "driver-killed", trials=4, epochs=3, seed=2)
     log = tmp_path / "driver.log"
-    driver = client.start(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        experiment,
-        "--study",
-        f"sqlite:///{tmp_path}/study.db",
-        "--address",
-        client.stack.address,
-        log=log,
-    )
+    args = client.search_args(tmp_path, "driver-killed", cluster_data, trials=4, epochs=3, seed=2)
+    driver = client.start(*args, log=log)
     fs = client.s3()
     try:
 
@@ -142,24 +116,11 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
 
 def test_a_frozen_s3_server_delays_the_search_but_loses_nothing(client, cluster_data, tmp_path):
     experiment = "s3://runs/s3-frozen"
-    space = write_space(tmp_path, "s3-frozen", trials=2, epochs=3, seed=3)
     log = tmp_path / "driver.log"
-    driver = client.start(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        experiment,
-        "--study",
-        f"sqlite:///{tmp_path}/study.db",
-        "--max-failures",
-        "0",
-        "--address",
-        client.stack.address,
-        log=log,
+    args = client.search_args(
+        tmp_path, "s3-frozen", cluster_data, "--max-failures", "0", trials=2, epochs=3, seed=3
     )
+    driver = client.start(*args, log=log)
     fs = client.s3()
     try:
         _wait(
@@ -201,22 +162,10 @@ def test_a_trial_that_keeps_failing_is_retried_max_failures_times_then_reported(
         fs.pipe_file(f"{broken}/{shard['path']}", data)
     fs.pipe_file(f"{broken}/manifest.json", json.dumps(manifest).encode())
     experiment = "s3://runs/failing"
-    space = write_space(tmp_path, "failing", trials=1, epochs=2, seed=4)
-    result = client.run(
-        "search",
-        "--space",
-        space,
-        "--data",
-        f"s3://{broken}",
-        "--storage",
-        experiment,
-        "--study",
-        f"sqlite:///{tmp_path}/study.db",
-        "--max-failures",
-        "2",
-        "--address",
-        client.stack.address,
+    args = client.search_args(
+        tmp_path, "failing", f"s3://{broken}", "--max-failures", "2", trials=1, epochs=2, seed=4
     )
+    result = client.run(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "errored" in result.stdout
     status = _status(client, experiment)

@@ -116,35 +116,14 @@ def test_submit_to_an_unreachable_address(client):
 
 
 def test_search_at_an_unreachable_address(client, cluster_data, tmp_path):
-    space = write_space(tmp_path, "unreachable")
-    result = client.run(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        "s3://runs/unreach",
-        "--address",
-        f"127.0.0.1:{_free_port()}",
-        timeout=120,
-    )
+    address = f"127.0.0.1:{_free_port()}"
+    result = client.run(*client.search_args(tmp_path, "unreach", cluster_data, address=address))
     _one_clear_line(result, "cannot reach the Ray cluster")
 
 
 def test_search_with_a_wrong_token(client, cluster_data, tmp_path):
-    space = write_space(tmp_path, "wrong-token")
     result = client.run(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        "s3://runs/wrong-token",
-        "--address",
-        client.stack.address,
-        timeout=180,
+        *client.search_args(tmp_path, "wrong-token", cluster_data),
         env={"RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_TOKEN": "0" * 64},
     )
     _one_clear_line(result, "refused this client's token")
@@ -152,20 +131,8 @@ def test_search_with_a_wrong_token(client, cluster_data, tmp_path):
 
 
 def test_a_gpu_search_on_a_cluster_without_gpus(client, cluster_data, tmp_path):
-    space = write_space(tmp_path, "gpus")
     result = client.run(
-        "search",
-        "--space",
-        space,
-        "--data",
-        cluster_data,
-        "--storage",
-        "s3://runs/gpus",
-        "--gpus-per-trial",
-        "1",
-        "--address",
-        client.stack.address,
-        timeout=180,
+        *client.search_args(tmp_path, "gpus", cluster_data, "--gpus-per-trial", "1")
     )
     _one_clear_line(result, "has no GPUs", "--gpus-per-trial 0")
     assert not client.s3().exists("runs/gpus")  # nothing written before the refusal

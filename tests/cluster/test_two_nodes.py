@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.cluster.conftest import trial_rows, write_space
+from tests.cluster.conftest import trial_rows
 from tests.conftest import REPO
 
 EXPERIMENT = "s3://runs/two-nodes"
@@ -41,7 +41,6 @@ def _scrape(targets: list[str]) -> set[str]:
 def searched(client, cluster_data, tmp_path_factory):
     """`mammotune search --address` on the stack, its metrics scraped while it runs."""
     folder = tmp_path_factory.mktemp("two-nodes")
-    space = write_space(folder, "two-nodes", trials=3, epochs=3)
     scraped: set[str] = set()
     done = threading.Event()
 
@@ -56,19 +55,7 @@ def searched(client, cluster_data, tmp_path_factory):
     thread = threading.Thread(target=scrape, daemon=True)
     thread.start()
     try:
-        result = client.run(
-            "search",
-            "--space",
-            space,
-            "--data",
-            cluster_data,
-            "--storage",
-            EXPERIMENT,
-            "--study",
-            f"sqlite:///{folder}/study.db",
-            "--address",
-            client.stack.address,
-        )
+        result = client.run(*client.search_args(folder, "two-nodes", cluster_data))
         time.sleep(3)  # one more report interval of the metrics agents
         scraped.update(_scrape(client.stack.metrics_targets()))
     finally:
