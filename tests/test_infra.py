@@ -123,3 +123,17 @@ def test_no_secret_and_no_advice_to_turn_authentication_off(path):
         assert not pattern.search(text), f"{path}: {pattern.pattern}"
     assert not re.search(r"RAY_AUTH_MODE\s*[=:]\s*[\"']?disabled", text), path
     assert "authOptions" not in text or re.search(r"mode:\s*token", text), path
+
+
+def test_the_local_stack_command_reports_a_stack_that_is_not_running(tmp_path):
+    import subprocess
+    import sys
+
+    stack = [sys.executable, str(INFRA / "local" / "stack.py")]
+    for action in ("status", "down"):
+        result = subprocess.run(
+            [*stack, action, "--dir", str(tmp_path / "none")], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert "not running" in result.stdout
+    assert not (tmp_path / "none").exists()  # nothing made by asking

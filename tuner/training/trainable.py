@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -238,6 +239,9 @@ def train_trial(config: dict) -> None:
     from ray import tune
 
     entered_at = time.time()
+    # One "Checkpoint successfully created" line per epoch and trial would bury the live
+    # trial table in the driver's terminal; restores and errors are still logged.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cfg = TrialConfig.model_validate(config)
     torch.set_num_threads(_cpus())
     torch.manual_seed(cfg.seed)
