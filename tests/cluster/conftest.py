@@ -76,12 +76,14 @@ class Client:
         return [sys.executable, "-m", "tuner", *map(str, args)]
 
     def run(self, *args, timeout: float = 600, env: dict | None = None):
+        """A command to its end; ``env`` adds to the client's environment (None: removes)."""
+        merged = {**self.env, **(env or {})}
         return subprocess.run(
             self.command(*args),
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**self.env, **(env or {})},
+            env={k: v for k, v in merged.items() if v is not None},
             cwd=REPO,
         )
 

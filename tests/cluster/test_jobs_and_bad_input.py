@@ -24,11 +24,11 @@ def _one_clear_line(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def _token_env(client) -> dict:
-    """A submitter's environment: the token itself in RAY_AUTH_TOKEN, no RAY_AUTH_MODE."""
-    token = (client.stack.directory / "auth_token").read_text().strip()
-    env = {k: v for k, v in client.env.items() if not k.startswith("RAY_AUTH")}
-    return {**env, "RAY_AUTH_TOKEN": token}
+def _token_env(client, token: str | None = None) -> dict:
+    """A submitter's environment changes: the token itself in RAY_AUTH_TOKEN (the stack's
+    unless given), no RAY_AUTH_MODE, no token file."""
+    token = token or (client.stack.directory / "auth_token").read_text().strip()
+    return {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_AUTH_TOKEN": token}
 
 
 def test_submit_runs_a_search_as_a_ray_job(client, cluster_data, tmp_path):
@@ -37,29 +37,20 @@ def test_submit_runs_a_search_as_a_ray_job(client, cluster_data, tmp_path):
     shipped = REPO / ".pytest-submit" / "submitted.yaml"
     shipped.write_text(space.read_text())
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tuner",
-                "submit",
-                "--address",
-                client.stack.dashboard,
-                "--",
-                "search",
-                "--space",
-                ".pytest-submit/submitted.yaml",
-                "--data",
-                cluster_data,
-                "--storage",
-                "s3://runs/submitted",
-                "--study",
-                f"sqlite:///{tmp_path}/study.db",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=REPO,
+        result = client.run(
+            "submit",
+            "--address",
+            client.stack.dashboard,
+            "--",
+            "search",
+            "--space",
+            ".pytest-submit/submitted.yaml",
+            "--data",
+            cluster_data,
+            "--storage",
+            "s3://runs/submitted",
+            "--study",
+            f"sqlite:///{tmp_path}/study.db",
             env=_token_env(client),
         )
     finally:
@@ -86,24 +77,14 @@ def test_submit_refuses_secrets_in_the_job_environment(client):
 
 
 def test_submit_with_a_wrong_token(client):
-    env = {**_token_env(client), "RAY_AUTH_TOKEN": "0" * 64}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuner",
-            "submit",
-            "--address",
-            client.stack.dashboard,
-            "--",
-            "status",
-            "s3://runs/x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=env,
+    result = client.run(
+        "submit",
+        "--address",
+        client.stack.dashboard,
+        "--",
+        "status",
+        "s3://runs/x",
+        env=_token_env(client, "0" * 64),
     )
     _one_clear_line(result, "refused this client's token")
 
@@ -124,7 +105,7 @@ def test_search_at_an_unreachable_address(client, cluster_data, tmp_path):
 def test_search_with_a_wrong_token(client, cluster_data, tmp_path):
     result = client.run(
         *client.search_args(tmp_path, "wrong-token", cluster_data),
-        env={"RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_TOKEN": "0" * 64},
+        env=_token_env(client, "0" * 64),
     )
     _one_clear_line(result, "refused this client's token")
     assert not client.s3().exists("runs/wrong-token")

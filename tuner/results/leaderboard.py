@@ -8,12 +8,12 @@ line per epoch), and our checkpoints hold ``checkpoint.json``. Trial states (run
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 
 from tuner import storage
 from tuner.errors import UserError
 from tuner.search.experiment import EXPERIMENT_FILE
+from tuner.training.metrics import is_better, is_missing
 
 __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 
@@ -47,21 +47,10 @@ def _read_lines(fs, path: str) -> list[dict]:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _better(a, b, mode: str) -> bool:
-    """Whether metric value ``a`` beats ``b`` (a missing or NaN value never wins)."""
-    if _missing(a):
-        return False
-    return _missing(b) or (a > b if mode == "max" else a < b)
-
-
 def _best(items, key, mode: str):
     best = None
     for item in items:
-        if best is None or _better(key(item), key(best), mode):
+        if best is None or is_better(key(item), key(best), mode):
             best = item
     return best
 
@@ -143,7 +132,10 @@ def leaderboard(experiment: str) -> dict:
 
     def rank(trial):
         value = trial["best"].get(metric)
-        return (_missing(value), 0.0 if _missing(value) else (-value if mode == "max" else value))
+        return (
+            is_missing(value),
+            0.0 if is_missing(value) else (-value if mode == "max" else value),
+        )
 
     ranked = sorted(trials, key=rank)
     return {

@@ -3,13 +3,13 @@ table in the terminal."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 
 from ray.tune import Callback
 
 from tuner.telemetry import record_search
+from tuner.training.metrics import is_better
 
 __all__ = ["Telemetry", "TrialTable", "STATES"]
 
@@ -23,12 +23,6 @@ STATES = {
 }
 
 
-def _better(a, b, mode: str) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return False
-    return b is None or (a > b if mode == "max" else a < b)
-
-
 class _SearchView(Callback):
     """Trial states and the best metric so far, as the driver sees them."""
 
@@ -39,7 +33,7 @@ class _SearchView(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if _better(value, self.best, self.mode):
+        if is_better(value, self.best, self.mode):
             self.best, self.best_trial = float(value), trial.trial_id
 
     def states(self, trials) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Binary classification metrics, computed by scikit-learn."""
+"""Classification metrics, computed by scikit-learn, and how two values of a search metric
+compare."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["binary_metrics", "classification_metrics"]
+__all__ = ["binary_metrics", "classification_metrics", "is_missing", "is_better"]
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict:
@@ -58,3 +59,16 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "f1": float(skm.f1_score(labels, predicted, **average)),
         "roc_auc": auc,
     }
+
+
+def is_missing(value) -> bool:
+    """No value: None or NaN (a trial that has not reported the metric, or diverged)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def is_better(a, b, mode: str) -> bool:
+    """Whether metric value ``a`` beats ``b`` under ``mode`` ("max" or "min"); a missing
+    value never wins."""
+    if is_missing(a):
+        return False
+    return is_missing(b) or (a > b if mode == "max" else a < b)
