@@ -153,3 +153,60 @@ def experiment(prepared, ray_local, tmp_path_factory) -> Path:
     code = main(["search", "--space", str(TINY), "--data", str(prepared), "--storage", str(exp)])
     assert code == 0
     return exp
+
+
+def trial_rows(fs, path: str) -> dict[str, list[dict]]:
+    """Each trial folder's reported epochs (Tune's result.json), by folder name; ``path`` is
+    a folder or URL on ``fs``."""
+    import json
+
+    path = path.split("://", 1)[-1]
+    rows = {}
+    for folder in fs.glob(f"{path}/trial_*"):
+        result = f"{folder}/result.json"
+        lines = fs.cat(result).decode().splitlines() if fs.exists(result) else []
+        rows[folder.rsplit("/", 1)[-1]] = [json.loads(line) for line in lines if line.strip()]
+    return rows
+
+
+def _checkpoint_names(fs, folder: str) -> set[str]:
+    return {p.rsplit("/", 1)[-1] for p in fs.glob(f"{folder}/checkpoint_*")}
+
+
+def lost_checkpoints(fs, path: str) -> dict[str, list[str]]:
+    """Checkpoints gone from the trials that Tune's newest snapshot does not record as
+    finished: each reported epoch names its checkpoint, and a resume may need any of them."""
+    from tuner.search.experiment import trial_states
+
+    path = path.split("://", 1)[-1]
+    states = trial_states(fs, path)
+    lost = {}
+    for name, rows in trial_rows(fs, path).items():
+        if states.get(name.removeprefix("trial_"), ("",))[0] == "TERMINATED":
+            continue
+        reported = {row["checkpoint_dir_name"] for row in rows if row.get("checkpoint_dir_name")}
+        missing = sorted(reported - _checkpoint_names(fs, f"{path}/{name}"))
+        if missing:
+            lost[name] = missing
+    return lost
+
+
+def retention_errors(fs, path: str, metric: str, mode: str, keep: int) -> dict[str, tuple]:
+    """Finished trials whose checkpoints on storage are not their ``keep`` best by the
+    metric plus their latest, as their reported epochs rank them: name -> (expected, kept)."""
+    from tuner.search.experiment import trial_states
+
+    path = path.split("://", 1)[-1]
+    states = trial_states(fs, path)
+    errors = {}
+    for name, rows in trial_rows(fs, path).items():
+        if states.get(name.removeprefix("trial_"), ("",))[0] != "TERMINATED" or not rows:
+            continue
+        # An epoch run again after a resume rewrote its checkpoint: its last report counts.
+        last = {row["checkpoint_dir_name"]: row[metric] for row in rows}
+        ranked = sorted(last, key=lambda c: -last[c] if mode == "max" else last[c])
+        expected = set(ranked[:keep]) | {rows[-1]["checkpoint_dir_name"]}
+        kept = _checkpoint_names(fs, f"{path}/{name}")
+        if kept != expected:
+            errors[name] = (sorted(expected), sorted(kept))
+    return errors

@@ -166,7 +166,7 @@ class SearchSpace(_Strict):
     asha: Asha = Asha()
     tpe: Tpe = Tpe()
     resources: Resources = Resources()
-    keep_checkpoints: int = Field(1, ge=1)  # best checkpoints kept per trial, by the metric
+    keep_checkpoints: int = Field(1, ge=1)  # best checkpoints a finished trial keeps, + latest
     fixed: dict[str, Any] = {}
     space: dict[str, Dimension] = Field(min_length=1)
 

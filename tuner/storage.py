@@ -61,7 +61,9 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """
     url = normalize(url)
     if url.startswith(("s3://", "s3a://")):
-        return url_to_fs(url, config_kwargs=S3_CONFIG)
+        # Experiments change while they are read (trials, snapshots, pruned checkpoints), and
+        # fsspec shares one instance per process: s3fs would serve stale listings forever.
+        return url_to_fs(url, config_kwargs=S3_CONFIG, use_listings_cache=False)
     return url_to_fs(url)
 
 
@@ -174,8 +176,7 @@ def exists(url: str) -> bool:
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return fs.cat_file(path)
 
 
 def write_bytes(url: str, data: bytes) -> None:

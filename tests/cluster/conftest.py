@@ -115,6 +115,7 @@ class Client:
             key=self.env["AWS_ACCESS_KEY_ID"],
             secret=self.env["AWS_SECRET_ACCESS_KEY"],
             skip_instance_cache=True,
+            use_listings_cache=False,  # the tests watch experiments as they change
         )
 
 
@@ -146,15 +147,3 @@ def cluster_data(client, synthetic_source) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return url
-
-
-def trial_rows(fs, experiment: str) -> dict[str, list[dict]]:
-    """Each trial folder's reported epochs (Tune's result.json), read from the bucket."""
-    import json
-
-    rows = {}
-    for folder in fs.glob(f"{experiment.removeprefix('s3://')}/trial_*"):
-        result = f"{folder}/result.json"
-        lines = fs.cat(result).decode().splitlines() if fs.exists(result) else []
-        rows[folder.rsplit("/", 1)[-1]] = [json.loads(line) for line in lines if line.strip()]
-    return rows

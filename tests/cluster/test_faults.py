@@ -11,17 +11,18 @@ import time
 
 import optuna
 
-from tests.cluster.conftest import trial_rows
+from tests.conftest import lost_checkpoints, retention_errors, trial_rows
+from tuner.search.experiment import trial_states
 
 
-def _wait(condition, what: str, driver, log, timeout: float = 300):
+def _wait(condition, what: str, driver, log, timeout: float = 300, poll_s: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the search ended before {what}:\n{log.read_text()[-3000:]}"
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
@@ -87,17 +88,21 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     fs = client.s3()
     try:
 
-        def one_finished_and_more_running():
-            rows = trial_rows(fs, experiment)
-            done = {n for n, r in rows.items() if len(r) == 3}
-            return done if done and len(rows) >= 3 else None
+        def finished_and_one_halfway():
+            # Tune's snapshot records a finished trial, and another trial that it does not
+            # record as finished has reported two epochs or more (checkpoints that a resume
+            # may need).
+            states = trial_states(fs, experiment.removeprefix("s3://"))
+            done = {f"trial_{t}" for t, (status, _) in states.items() if status == "TERMINATED"}
+            on = [n for n, r in trial_rows(fs, experiment).items() if len(r) >= 2 and n not in done]
+            return done if done and on else None
 
-        finished = _wait(one_finished_and_more_running, "a finished trial", driver, log)
-        time.sleep(4.0)  # past the next experiment snapshot (every 2 s)
+        finished = _wait(finished_and_one_halfway, "a finished trial", driver, log, poll_s=0.2)
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: the cluster lives on
         driver.wait()
     assert client.stack.alive_nodes() == 2
+    assert lost_checkpoints(fs, experiment) == {}
 
     result = client.run("search", "--resume", experiment, "--address", client.stack.address)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -108,6 +113,7 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     rows = trial_rows(fs, experiment)
     for name in finished:
         assert _epochs_in_order(rows[name]) == [1, 2, 3]  # not trained again
+    assert retention_errors(fs, experiment, "val_roc_auc", "max", keep=1) == {}
     study = optuna.load_study(study_name="driver-killed", storage=f"sqlite:///{tmp_path}/study.db")
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states

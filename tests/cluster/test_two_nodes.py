@@ -15,8 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.cluster.conftest import trial_rows
-from tests.conftest import REPO
+from tests.conftest import REPO, trial_rows
 
 EXPERIMENT = "s3://runs/two-nodes"
 # Ray's GPU metrics exist only on nodes with GPUs (none here); the dashboard's other queries

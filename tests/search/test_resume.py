@@ -9,10 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import fsspec
 import optuna
 
+from tests.conftest import lost_checkpoints, retention_errors, trial_rows
 from tuner.cli import main
+from tuner.search.callbacks import CheckpointRetention
+from tuner.search.experiment import trial_states
 
 SPACE = """
 name: resume
@@ -28,14 +33,24 @@ space:
   lr: {type: log-float, low: 3.0e-4, high: 1.0e-3}
 """
 
+FS = fsspec.filesystem("file")
+
 
 def _results(experiment: Path) -> dict[str, int]:
     """Reported epochs per trial folder (a trial re-running an epoch would show more)."""
-    counts = {}
-    for folder in experiment.glob("trial_*"):
-        result = folder / "result.json"
-        counts[folder.name] = len(result.read_text().splitlines()) if result.exists() else 0
-    return counts
+    return {name: len(rows) for name, rows in trial_rows(FS, str(experiment)).items()}
+
+
+def _finished_and_one_halfway(experiment: Path) -> set[str] | None:
+    """The trials Tune's snapshot records as finished, once there is one and another trial
+    that it does not record as finished has reported two epochs or more (checkpoints that a
+    resume may need)."""
+    if not experiment.exists():
+        return None
+    states = trial_states(FS, str(experiment))
+    finished = {f"trial_{t}" for t, (status, _) in states.items() if status == "TERMINATED"}
+    halfway = [n for n, count in _results(experiment).items() if n not in finished and count >= 2]
+    return finished if finished and halfway else None
 
 
 def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
@@ -49,22 +64,30 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     finished: set[str] = set()
     try:
         deadline = time.monotonic() + 300
-        # Kill once one trial has finished and the next is under way.
         while time.monotonic() < deadline and driver.poll() is None:
-            counts = _results(experiment) if experiment.exists() else {}
-            if 3 in counts.values() and len(counts) >= 2:
-                finished = {name for name, n in counts.items() if n == 3}
+            finished = _finished_and_one_halfway(experiment) or set()
+            if finished:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         assert finished, "no trial finished within the time limit"
-        # Past the next experiment snapshot (every 2 s): what finished before it is final.
-        time.sleep(4.0)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
         driver.wait()
     before = _results(experiment)
     assert len(before) < 4, before
+    # Every checkpoint an unfinished trial reported is still there (Tune's own num_to_keep
+    # would have deleted the older ones before its snapshot knew of the newer).
+    assert lost_checkpoints(FS, str(experiment)) == {}
+    meta = json.loads((experiment / "search.json").read_text())
+    metric, mode = meta["metric"], meta["mode"]
+    # The retention callback prunes the finished trials only.
+    retention = CheckpointRetention(str(experiment), metric, mode, keep=1, period_s=0)
+    for name in finished:
+        retention.on_trial_complete(0, [], SimpleNamespace(trial_id=name.removeprefix("trial_")))
+    retention.on_step_end(0, [])
+    assert retention_errors(FS, str(experiment), metric, mode, keep=1) == {}
+    assert lost_checkpoints(FS, str(experiment)) == {}
 
     assert main(["search", "--resume", str(experiment)]) == 0, capsys.readouterr()
     capsys.readouterr()
@@ -76,7 +99,9 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     assert all(t["status"] in ("done", "stopped") for t in board["trials"]), board["trials"]
     for name in finished:  # finished before the kill: kept, not trained again
         assert after[name] == 3, (before, after)
-    study_meta = json.loads((experiment / "search.json").read_text())["study"]
+    # The resumed search pruned every trial to its best checkpoint and its latest.
+    assert retention_errors(FS, str(experiment), metric, mode, keep=1) == {}
+    study_meta = meta["study"]
     study = optuna.load_study(study_name=study_meta["name"], storage=study_meta["storage"])
     states = [t.state for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -4,13 +4,14 @@ SQLite study, ASHA, checkpoints in the experiment folder, then the leaderboard."
 import json
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import optuna
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import TINY
+from tests.conftest import TINY, lost_checkpoints, retention_errors, trial_rows
 from tuner.cli import main
 from tuner.data.stream import TileStream, load_manifest
 from tuner.data.tasks import TASKS
@@ -38,6 +39,15 @@ def test_every_trial_reported_and_the_best_has_a_checkpoint(experiment, capsys):
     assert aucs == sorted(aucs, reverse=True)
     # The search learned the synthetic task (chance is 0.5).
     assert best["best"]["val_roc_auc"] > 0.9
+
+
+def test_each_trial_keeps_its_best_checkpoints_and_its_latest(experiment):
+    """tiny.yaml keeps 2 checkpoints per trial by the metric, plus the latest."""
+    fs = fsspec.filesystem("file")
+    assert retention_errors(fs, str(experiment), "val_roc_auc", "max", keep=2) == {}
+    rows = trial_rows(fs, str(experiment))
+    assert max(len(r) for r in rows.values()) == 4  # a trial ran all epochs: pruning was due
+    assert lost_checkpoints(fs, str(experiment)) == {}
 
 
 def test_best_checkpoint_reproduces_its_reported_metric(experiment, prepared, capsys):

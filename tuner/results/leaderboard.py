@@ -12,8 +12,8 @@ import posixpath
 
 from tuner import storage
 from tuner.errors import UserError
-from tuner.search.experiment import EXPERIMENT_FILE
-from tuner.training.metrics import is_better, is_missing
+from tuner.search.experiment import EXPERIMENT_FILE, trial_checkpoints, trial_states
+from tuner.training.metrics import best_first, is_better
 
 __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 
@@ -21,30 +21,11 @@ __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "transfer")
 
 
-def _trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
-    """Trial id -> (Tune status, failed attempts), from Tune's newest snapshot."""
-    states = sorted(p for p in fs.ls(path, detail=False) if "experiment_state-" in p)
-    if not states:
-        return {}
-    with fs.open(states[-1], "rb") as f:
-        data = json.load(f)
-    result = {}
-    for trial_json, run_json in data.get("trial_data", []):
-        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        run = json.loads(run_json) if isinstance(run_json, str) else run_json
-        try:
-            failures = int(json.loads(str(run.get("num_failures", "0"))))
-        except (TypeError, ValueError):
-            failures = 0
-        result[trial["trial_id"]] = (trial.get("status", "UNKNOWN"), failures)
-    return result
-
-
 def _read_lines(fs, path: str) -> list[dict]:
     if not fs.exists(path):
         return []
-    with fs.open(path, "rb") as f:
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    text = fs.cat_file(path).decode()  # Tune rewrites it while a search runs: one GET
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _best(items, key, mode: str):
@@ -56,8 +37,7 @@ def _best(items, key, mode: str):
 
 
 def _read_json(fs, path: str):
-    with fs.open(path, "rb") as f:
-        return json.load(f)
+    return json.loads(fs.cat_file(path))
 
 
 def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> dict:
@@ -65,20 +45,15 @@ def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> d
     config = _read_json(fs, f"{folder}/params.json") if fs.exists(f"{folder}/params.json") else {}
     epochs = _read_lines(fs, f"{folder}/result.json")
     best_epoch = _best(epochs, lambda row: row.get(metric), mode) or {}
-    # Tune keeps the best checkpoint by the metric and the latest; rank what is there.
-    checkpoints = []
-    for sub in sorted(fs.ls(folder, detail=False)):
-        if posixpath.basename(sub.rstrip("/")).startswith("checkpoint_"):
-            if fs.exists(f"{sub}/checkpoint.json"):
-                checkpoints.append((sub, _read_json(fs, f"{sub}/checkpoint.json")["metrics"]))
-    checkpoint = _best(checkpoints, lambda item: item[1].get(metric), mode)
+    # A finished trial keeps its best checkpoints by the metric and its latest (see
+    # tuner.search.retention); a running one keeps them all. Rank what is there.
+    checkpoint = _best(trial_checkpoints(fs, folder), lambda item: item[1].get(metric), mode)
     error = None
     # Tune keeps error.txt after a failure even when a retry then succeeded: the trial is
     # errored only if Tune's snapshot does not say it finished or goes on.
     if fs.exists(f"{folder}/error.txt") and state not in ("TERMINATED", "RUNNING", "PENDING"):
         state = "ERROR"
-        with fs.open(f"{folder}/error.txt", "rb") as f:
-            error = _error_reason(f.read().decode(errors="replace"))
+        error = _error_reason(fs.cat_file(f"{folder}/error.txt").decode(errors="replace"))
     settings = {**meta["space"].get("fixed", {}), **meta["space"]["space"]}
     return {
         "trial_id": posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
@@ -117,7 +92,7 @@ def leaderboard(experiment: str) -> dict:
         )
     meta = storage.read_json(meta_url)
     fs, path = storage.filesystem(experiment)
-    states = _trial_states(fs, path)
+    states = trial_states(fs, path)
     trials = []
     for folder in sorted(fs.ls(path, detail=False)):
         name = posixpath.basename(folder.rstrip("/"))
@@ -130,14 +105,7 @@ def leaderboard(experiment: str) -> dict:
             trials.append(trial)
     metric, mode = meta["metric"], meta["mode"]
 
-    def rank(trial):
-        value = trial["best"].get(metric)
-        return (
-            is_missing(value),
-            0.0 if is_missing(value) else (-value if mode == "max" else value),
-        )
-
-    ranked = sorted(trials, key=rank)
+    ranked = sorted(trials, key=lambda trial: best_first(trial["best"].get(metric), mode))
     return {
         "experiment": experiment,
         "metric": metric,

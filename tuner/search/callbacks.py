@@ -1,17 +1,21 @@
-"""Ray Tune callbacks of the search driver: telemetry for the dashboards and the live trial
-table in the terminal."""
+"""Ray Tune callbacks of the search driver: telemetry for the dashboards, the live trial
+table in the terminal, and checkpoint retention."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
 from ray.tune import Callback
 
+from tuner.search.retention import prune_checkpoints
 from tuner.telemetry import record_search
 from tuner.training.metrics import is_better
 
-__all__ = ["Telemetry", "TrialTable", "STATES"]
+__all__ = ["Telemetry", "TrialTable", "CheckpointRetention", "STATES"]
+
+logger = logging.getLogger(__name__)
 
 # Tune's trial states in the words of a search.
 STATES = {
@@ -140,3 +144,36 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 100 else f"{value:.3f}"
     return str(value)
+
+
+class CheckpointRetention(Callback):
+    """Prunes finished trials' checkpoints during a search (see :func:`prune_checkpoints`),
+    at most every ``period_s`` seconds, once Tune's snapshot on storage records them as
+    finished; checks storage only while a finished trial waits to be pruned. Holds no
+    handles, so Tune can pickle it with the experiment."""
+
+    def __init__(self, experiment: str, metric: str, mode: str, keep: int, period_s: float = 30):
+        self.experiment, self.metric, self.mode, self.keep = experiment, metric, mode, keep
+        self.period_s = period_s
+        self._waiting: set[str] = set()
+        self._last_check = 0.0  # wall clock: a resumed search runs in another process
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._waiting.add(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        if not self._waiting or time.time() - self._last_check < self.period_s:
+            return
+        self._last_check = time.time()
+        try:
+            pruned = prune_checkpoints(
+                self.experiment,
+                metric=self.metric,
+                mode=self.mode,
+                keep=self.keep,
+                trial_ids=self._waiting,
+            )
+        except Exception as error:  # storage hiccup: the next check, or the search's end, retries
+            logger.warning("could not prune finished trials' checkpoints yet: %s", error)
+            return
+        self._waiting -= set(pruned)

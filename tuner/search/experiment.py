@@ -1,9 +1,49 @@
-"""The experiment folder's own file, ``search.json``: what was searched, on which data, with
-which metric. Written before the first trial; read by ``best`` and later by ``status``."""
+"""The experiment folder: our own ``search.json`` (what was searched, on which data, with
+which metric; written before the first trial) and plain-JSON readers of what Ray Tune keeps
+beside it (trial states from its snapshot, each trial's checkpoints). Nothing is unpickled."""
 
 from __future__ import annotations
 
+import json
+import posixpath
+
 EXPERIMENT_FILE = "search.json"
 EXPERIMENT_FORMAT = "mammotune-experiment/1"
+CHECKPOINT_META = "checkpoint.json"  # tuner.training.checkpoint.META, read without torch
 
-__all__ = ["EXPERIMENT_FILE", "EXPERIMENT_FORMAT"]
+__all__ = ["EXPERIMENT_FILE", "EXPERIMENT_FORMAT", "trial_states", "trial_checkpoints"]
+
+
+def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
+    """Trial id -> (Tune status, failed attempts), from Tune's newest snapshot in ``path``:
+    the state a ``--resume`` would start from."""
+    try:
+        states = sorted(p for p in fs.ls(path, detail=False) if "experiment_state-" in p)
+    except FileNotFoundError:  # nothing written yet
+        return {}
+    if not states:
+        return {}
+    # One GET, no ETag check: Tune rewrites the snapshot under the same name while we read.
+    data = json.loads(fs.cat_file(states[-1]))
+    result = {}
+    for trial_json, run_json in data.get("trial_data", []):
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        run = json.loads(run_json) if isinstance(run_json, str) else run_json
+        try:
+            failures = int(json.loads(str(run.get("num_failures", "0"))))
+        except (TypeError, ValueError):
+            failures = 0
+        result[trial["trial_id"]] = (trial.get("status", "UNKNOWN"), failures)
+    return result
+
+
+def trial_checkpoints(fs, folder: str) -> list[tuple[str, dict]]:
+    """``(path, metrics)`` of each complete checkpoint in a trial folder, oldest first."""
+    checkpoints = []
+    for sub in sorted(fs.ls(folder, detail=False)):
+        sub = sub.rstrip("/")
+        if posixpath.basename(sub).startswith("checkpoint_"):
+            meta = f"{sub}/{CHECKPOINT_META}"
+            if fs.exists(meta):
+                checkpoints.append((sub, json.loads(fs.cat_file(meta))["metrics"]))
+    return checkpoints

@@ -8,6 +8,7 @@ space, the dataset and its tile sizes, the weights, and the experiment location.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
 import time
@@ -20,11 +21,14 @@ from tuner.data.stream import load_manifest, split_entry
 from tuner.errors import UserError
 from tuner.models.weights import find_transfer_weights
 from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT
+from tuner.search.retention import prune_checkpoints
 from tuner.search.space import DefineByRun, check_space
 from tuner.training.config import TrialConfig
 from tuner.training.trainable import train_trial
 
 __all__ = ["SearchPlan", "plan_search", "run_search", "check_resumable", "resume_search"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,6 @@ def _trial_dirname(trial) -> str:
 
 
 def _tune_environment() -> None:
-    # Short CPU epochs checkpoint every few seconds, which is expected here: keep Tune's
-    # "snapshotting may become a bottleneck" warning for setups where it means something.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot the experiment (trials and searcher) every 2 s (Tune's default is 10 s or
     # more): a driver killed outright loses at most that much bookkeeping. Trials resume
     # from the checkpoints the snapshot knows, so only what a trial did in the last 2 s
@@ -267,24 +268,44 @@ def run_search(
             name=name,
             storage_path=parent,
             storage_filesystem=filesystem,
+            # Tune deletes nothing (num_to_keep=None): CheckpointRetention prunes finished
+            # trials once a snapshot says they finished (tuner.search.retention says why).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=space.keep_checkpoints,  # best by the metric, plus the latest
-                checkpoint_score_attribute=space.metric,
-                checkpoint_score_order=space.mode,
+                checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
             ),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             stop=stop,
-            callbacks=[*_driver_callbacks(name, space, console), *(callbacks or [])],
+            callbacks=[
+                *_driver_callbacks(plan.experiment, space, console),
+                *(callbacks or []),
+            ],
             verbose=0 if console is not None else verbose,
         ),
     )
-    return tuner_.fit()
+    return _fit_and_prune(tuner_, plan.experiment, space)
 
 
-def _driver_callbacks(name: str, space: SearchSpace, console) -> list:
-    from tuner.search.callbacks import Telemetry, TrialTable
+def _fit_and_prune(tuner_, experiment: str, space: SearchSpace):
+    """Run the search, then prune what its last snapshot records as finished (trials that
+    finished after the retention callback's last check)."""
+    results = tuner_.fit()
+    try:
+        prune_checkpoints(
+            experiment, metric=space.metric, mode=space.mode, keep=space.keep_checkpoints
+        )
+    except OSError as error:  # the search itself is done and saved: only space is at stake
+        logger.warning("finished trials keep all their checkpoints (pruning failed: %s)", error)
+    return results
 
-    callbacks = [Telemetry(name, space.metric, space.mode)]
+
+def _driver_callbacks(experiment: str, space: SearchSpace, console) -> list:
+    from tuner.search.callbacks import CheckpointRetention, Telemetry, TrialTable
+
+    name = posixpath.basename(experiment)
+    callbacks = [
+        Telemetry(name, space.metric, space.mode),
+        CheckpointRetention(experiment, space.metric, space.mode, space.keep_checkpoints),
+    ]
     if console is not None:
         columns = [d for d in space.space if d in ("backbone", "input_size", "transfer")]
         callbacks.append(TrialTable(console, name, space.metric, space.mode, columns))
@@ -341,7 +362,7 @@ def resume_search(experiment: str):
         storage_filesystem=filesystem,
     )
     _fail_orphans(meta["study"], experiment)
-    return tuner_.fit()
+    return _fit_and_prune(tuner_, experiment, space)
 
 
 def _fail_orphans(study: dict, experiment: str) -> None:
@@ -364,6 +385,6 @@ def _searcher_trial_numbers(experiment: str) -> set[int]:
     snapshots = sorted(fs.glob(posixpath.join(path, "searcher-state-*.pkl")))
     if not snapshots:
         return set()
-    with fs.open(snapshots[-1], "rb") as f:
-        state = pickle.load(f)  # Tune's own snapshot of OptunaSearch, which it unpickles too
+    # Tune's own snapshot of OptunaSearch, which it unpickles too.
+    state = pickle.loads(fs.cat_file(snapshots[-1]))
     return {trial.number for trial in state.get("_ot_trials", {}).values()}

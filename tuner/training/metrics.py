@@ -8,7 +8,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["binary_metrics", "classification_metrics", "is_missing", "is_better"]
+__all__ = ["binary_metrics", "classification_metrics", "is_missing", "is_better", "best_first"]
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict:
@@ -72,3 +72,10 @@ def is_better(a, b, mode: str) -> bool:
     if is_missing(a):
         return False
     return is_missing(b) or (a > b if mode == "max" else a < b)
+
+
+def best_first(value, mode: str) -> tuple[bool, float]:
+    """Sort key that puts the best metric value first under ``mode`` and missing ones last."""
+    if is_missing(value):
+        return (True, 0.0)
+    return (False, -value if mode == "max" else value)
