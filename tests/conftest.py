@@ -4,8 +4,8 @@ nothing downloaded."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +27,19 @@ WHOLE_SIZES = (64,)
 CONTEXT_PX = 150
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# infra/local/stack.py is a script, not part of the package: loaded from its file.
+_spec = importlib.util.spec_from_file_location("stack", REPO / "infra" / "local" / "stack.py")
+stack_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stack_module)
+# Ports for servers from below the ephemeral range, where no outgoing connection takes them
+# between the choice and the server's start.
+free_port = stack_module.free_port
 
 
 # The S3 endpoint and test credentials are set before anything starts Ray, so that Ray
 # workers inherit them, as they would inherit a user's environment. Child processes that
 # import this module again (spawned readers) keep their parent's port.
-S3_PORT = int(os.environ.setdefault("MAMMOTUNE_TEST_S3_PORT", str(_free_port())))
+S3_PORT = int(os.environ.setdefault("MAMMOTUNE_TEST_S3_PORT", str(free_port())))
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
 os.environ["AWS_ACCESS_KEY_ID"] = "mammotune-test"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "mammotune-test-secret"

@@ -11,7 +11,7 @@ import shlex
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, stack_module
 from tuner.cli import build_parser, resolve_space
 
 INFRA = REPO / "infra"
@@ -137,3 +137,28 @@ def test_the_local_stack_command_reports_a_stack_that_is_not_running(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "not running" in result.stdout
     assert not (tmp_path / "none").exists()  # nothing made by asking
+
+
+def test_the_local_stack_takes_its_ports_below_the_ephemeral_range(monkeypatch):
+    """Outgoing connections take source ports from the ephemeral range: a port picked there
+    before the head starts can be taken by the time the worker's raylet binds it."""
+    import socket
+
+    stack = stack_module
+    low = stack._ephemeral_low()
+    ports = stack.allocate_ports()
+    singles = [ports[n] for n in stack.STACK_PORTS]
+    singles += [ports[node][name] for node in ("head", "worker") for name in stack.NODE_PORTS]
+    ranges = [range(lo, hi + 1) for lo, hi in (ports[n]["workers"] for n in ("head", "worker"))]
+    every = singles + [port for r in ranges for port in r]
+    assert len(set(every)) == len(every) == len(singles) + 400
+    assert 10000 <= min(every) and max(every) < low - stack.SINGLES  # apart from free_port's
+    assert low - stack.SINGLES <= stack.free_port() < low
+
+    # A block with a port already listened on is passed over.
+    monkeypatch.setattr(stack.random, "shuffle", lambda bases: bases.sort())
+    first = stack.allocate_ports()["gcs"]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", first))
+        listener.listen()
+        assert stack.allocate_ports()["gcs"] == first + stack.BLOCK

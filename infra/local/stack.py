@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -49,10 +50,65 @@ NODE_PORTS = (
 )
 
 
-def free_port() -> int:
+class StackError(RuntimeError):
+    pass
+
+
+STACK_PORTS = ("gcs", "dashboard", "client", "s3")
+BLOCK = 500  # ports a stack reserves: its own, then each node's own and its worker range
+SINGLES = 2000  # just below the ephemeral range: single ports (free_port), never a stack's
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def allocate_ports() -> dict:
+    """Every port of a stack, from one block below the kernel's ephemeral range.
+
+    Ports picked by binding to port 0 come from the ephemeral range, from which the kernel
+    also takes the source ports of outgoing connections: the head's processes open hundreds
+    of those before the worker node starts, and one of them may take a port meant for the
+    worker's raylet, which then dies ("Failed to start the grpc server", and ``ray start``
+    times out 30 s later). Below that range only listeners take ports.
+    """
+    top = _ephemeral_low() - SINGLES - BLOCK
+    bases = list(range(10000, top, BLOCK))
+    random.shuffle(bases)
+    for base in bases:
+        singles = iter(range(base, base + 100))
+        ports: dict = {name: next(singles) for name in STACK_PORTS}
+        for i, node in enumerate(("head", "worker")):
+            ports[node] = {name: next(singles) for name in NODE_PORTS}
+            ports[node]["workers"] = (base + 100 + 200 * i, base + 299 + 200 * i)
+        chosen = [*(ports[n] for n in STACK_PORTS)]
+        chosen += [ports[node][name] for node in ("head", "worker") for name in NODE_PORTS]
+        if all(map(_bindable, chosen)):
+            return ports
+    raise StackError(f"no free block of {BLOCK} ports between 10000 and {top + BLOCK}")
+
+
+def free_port() -> int:
+    """One port nothing listens on, for a server started outside a stack (tests' S3 servers):
+    below the ephemeral range, as :func:`allocate_ports`, and apart from stacks' blocks."""
+    low = _ephemeral_low()
+    for port in random.sample(range(low - SINGLES, low), 100):
+        if _bindable(port):
+            return port
+    raise StackError(f"no free port between {low - SINGLES} and {low}")
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -76,10 +132,6 @@ def _stop(processes: list[psutil.Process], *, sig=signal.SIGTERM, grace: float =
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
-
-
-class StackError(RuntimeError):
-    pass
 
 
 class LocalStack:
@@ -169,13 +221,7 @@ class LocalStack:
             token.chmod(0o600)
         # Ray's socket paths must stay under ~107 characters: a short folder of its own.
         temp_dir = tempfile.mkdtemp(prefix="mt-ray-", dir="/tmp")
-        ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port()}
-        ports["s3"] = free_port()
-        # Worker processes take ports from a range per node, below Linux's ephemeral range.
-        base = random.randrange(20000, 30000, 400)
-        for i, node in enumerate(("head", "worker")):
-            ports[node] = {name: free_port() for name in NODE_PORTS}
-            ports[node]["workers"] = (base + 200 * i, base + 200 * i + 199)
+        ports = allocate_ports()
         self.state = {"temp_dir": temp_dir, "ports": ports, "pids": {}}
         logs = self.directory / "logs"
         logs.mkdir(exist_ok=True)
@@ -304,13 +350,25 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, pid in self.state["pids"].items():
-                if not _tree(pid):
+                fatal = self._raylet_fatal(name) if name != "s3" else ""
+                if fatal or not _tree(pid):
                     log = (self.directory / "logs" / f"{name}.log").read_text()[-3000:]
-                    raise StackError(f"{name} exited during start:\n{log}")
+                    raise StackError(f"{name} exited during start:\n{log}{fatal}")
             if self.alive_nodes(env) >= count:
                 return
             time.sleep(1)
         raise StackError(f"{count} Ray node(s) not up within {timeout:.0f}s; see the logs")
+
+    def _raylet_fatal(self, node: str) -> str:
+        """The raylet's fatal log lines, if it died: ``ray start`` itself only notices 30 s
+        later, and then says nothing of why."""
+        logs = self.temp_dir / node / "session_latest" / "logs" / "raylet.out"
+        try:
+            lines = logs.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        fatal = [line for line in lines if re.match(r"\[[^\]]* C \d+ \d+\]", line)]
+        return "".join(f"\nraylet: {line[:1000]}" for line in fatal[-3:])
 
     def pids(self) -> list[int]:
         return list(self.state.get("pids", {}).values())

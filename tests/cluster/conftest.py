@@ -7,7 +7,6 @@ the stack's address, token and S3 endpoint in their environment."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import subprocess
@@ -15,11 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
-_spec = importlib.util.spec_from_file_location("stack", REPO / "infra" / "local" / "stack.py")
-stack_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stack_module)
+from tests.conftest import REPO, stack_module
 
 # Small enough for CPU trials of a few seconds an epoch, large enough that both classes are
 # learnt: small_vgg_bn on 48 px lesion-vs-tissue tiles.
@@ -87,12 +82,13 @@ class Client:
             cwd=REPO,
         )
 
-    def start(self, *args, log):
+    def start(self, *args, log, env: dict | None = None):
+        """A command in the background, its output to ``log``; ``env`` adds to the client's."""
         return subprocess.Popen(
             self.command(*args),
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=REPO,
             start_new_session=True,
         )

@@ -84,7 +84,10 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     experiment = "s3://runs/driver-killed"
     log = tmp_path / "driver.log"
     args = client.search_args(tmp_path, "driver-killed", cluster_data, trials=4, epochs=3, seed=2)
-    driver = client.start(*args, log=log)
+    # Tune snapshots its experiment every 10 s or more by default; two trials in step finish
+    # within seconds of each other, so the state below may never be in a snapshot. A snapshot
+    # a second (Tune's documented setting) makes it certain to be.
+    driver = client.start(*args, log=log, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     fs = client.s3()
     try:
 

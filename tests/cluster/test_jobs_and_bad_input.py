@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.cluster.conftest import write_space
-from tests.conftest import REPO, _free_port, start_moto
+from tests.conftest import REPO, free_port, start_moto
 
 
 def _one_clear_line(result, *needles):
@@ -91,13 +91,13 @@ def test_submit_with_a_wrong_token(client):
 
 def test_submit_to_an_unreachable_address(client):
     result = client.run(
-        "submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", "status", "x"
+        "submit", "--address", f"http://127.0.0.1:{free_port()}", "--", "status", "x"
     )
     _one_clear_line(result, "cannot reach the Ray Jobs API")
 
 
 def test_search_at_an_unreachable_address(client, cluster_data, tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = client.run(*client.search_args(tmp_path, "unreach", cluster_data, address=address))
     _one_clear_line(result, "cannot reach the Ray cluster")
 
@@ -125,7 +125,7 @@ def read_only_bucket(tmp_path):
     to read it but not write: the endpoint and that user's credentials."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     # The first four requests (the setup below) go through unchecked.
     server = start_moto(port, tmp_path / "iam.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     endpoint = f"http://127.0.0.1:{port}"

@@ -12,7 +12,7 @@ import fsspec
 import pytest
 from torch.utils.data import DataLoader
 
-from tests.conftest import _free_port, prepare_params, start_moto
+from tests.conftest import free_port, prepare_params, start_moto
 from tuner.data.cache import ShardCache
 from tuner.data.prepare import prepare
 from tuner.data.stream import TileStream, load_manifest
@@ -91,7 +91,7 @@ def test_wrong_credentials_are_one_clear_error(small_source, tmp_path):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     server = start_moto(port, tmp_path / "auth.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:
         result = subprocess.run(
