@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tuner.search.experiment import trial_results
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path(__file__).resolve().parent / ".work"
@@ -55,12 +57,8 @@ def _stack_module():
 
 
 def _rows(fs, experiment: str) -> dict[str, list[dict]]:
-    rows = {}
-    for folder in fs.glob(f"{experiment.removeprefix('s3://')}/trial_*"):
-        result = f"{folder}/result.json"
-        lines = fs.cat(result).decode().splitlines() if fs.exists(result) else []
-        rows[folder.rsplit("/", 1)[-1]] = [json.loads(line) for line in lines if line.strip()]
-    return rows
+    folders = fs.glob(f"{experiment.removeprefix('s3://')}/trial_*")
+    return {f.rsplit("/", 1)[-1]: trial_results(fs, f) for f in folders}
 
 
 def main() -> None:

@@ -161,15 +161,10 @@ def experiment(prepared, ray_local, tmp_path_factory) -> Path:
 def trial_rows(fs, path: str) -> dict[str, list[dict]]:
     """Each trial folder's reported epochs (Tune's result.json), by folder name; ``path`` is
     a folder or URL on ``fs``."""
-    import json
+    from tuner.search.experiment import trial_results
 
     path = path.split("://", 1)[-1]
-    rows = {}
-    for folder in fs.glob(f"{path}/trial_*"):
-        result = f"{folder}/result.json"
-        lines = fs.cat(result).decode().splitlines() if fs.exists(result) else []
-        rows[folder.rsplit("/", 1)[-1]] = [json.loads(line) for line in lines if line.strip()]
-    return rows
+    return {f.rsplit("/", 1)[-1]: trial_results(fs, f) for f in fs.glob(f"{path}/trial_*")}
 
 
 def _checkpoint_names(fs, folder: str) -> set[str]:

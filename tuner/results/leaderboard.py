@@ -12,20 +12,18 @@ import posixpath
 
 from tuner import storage
 from tuner.errors import UserError
-from tuner.search.experiment import EXPERIMENT_FILE, trial_checkpoints, trial_states
+from tuner.search.experiment import (
+    EXPERIMENT_FILE,
+    trial_checkpoints,
+    trial_results,
+    trial_states,
+)
 from tuner.training.metrics import best_first, is_better
 
 __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 
 # The five dimensions of the published study: leaderboard columns whether searched or fixed.
 PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "transfer")
-
-
-def _read_lines(fs, path: str) -> list[dict]:
-    if not fs.exists(path):
-        return []
-    text = fs.cat_file(path).decode()  # Tune rewrites it while a search runs: one GET
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _best(items, key, mode: str):
@@ -43,7 +41,7 @@ def _read_json(fs, path: str):
 def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> dict:
     metric, mode = meta["metric"], meta["mode"]
     config = _read_json(fs, f"{folder}/params.json") if fs.exists(f"{folder}/params.json") else {}
-    epochs = _read_lines(fs, f"{folder}/result.json")
+    epochs = trial_results(fs, folder)
     best_epoch = _best(epochs, lambda row: row.get(metric), mode) or {}
     # A finished trial keeps its best checkpoints by the metric and its latest (see
     # tuner.search.retention); a running one keeps them all. Rank what is there.

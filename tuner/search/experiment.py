@@ -1,6 +1,7 @@
 """The experiment folder: our own ``search.json`` (what was searched, on which data, with
 which metric; written before the first trial) and plain-JSON readers of what Ray Tune keeps
-beside it (trial states from its snapshot, each trial's checkpoints). Nothing is unpickled."""
+beside it (trial states from its snapshot, each trial's reported epochs and checkpoints).
+Nothing is unpickled."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ EXPERIMENT_FILE = "search.json"
 EXPERIMENT_FORMAT = "mammotune-experiment/1"
 CHECKPOINT_META = "checkpoint.json"  # tuner.training.checkpoint.META, read without torch
 
-__all__ = ["EXPERIMENT_FILE", "EXPERIMENT_FORMAT", "trial_states", "trial_checkpoints"]
+__all__ = [
+    "EXPERIMENT_FILE",
+    "EXPERIMENT_FORMAT",
+    "trial_states",
+    "trial_results",
+    "trial_checkpoints",
+]
 
 
 def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
@@ -35,6 +42,16 @@ def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
             failures = 0
         result[trial["trial_id"]] = (trial.get("status", "UNKNOWN"), failures)
     return result
+
+
+def trial_results(fs, folder: str) -> list[dict]:
+    """The epochs a trial folder reported (Tune's ``result.json``, a JSON line each), oldest
+    first; none if it has reported nothing yet."""
+    path = f"{folder}/result.json"
+    if not fs.exists(path):
+        return []
+    text = fs.cat_file(path).decode()  # Tune rewrites it while a search runs: one GET
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def trial_checkpoints(fs, folder: str) -> list[tuple[str, dict]]:
