@@ -83,10 +83,11 @@ def test_a_lost_worker_node_moves_its_trials_to_the_survivor(client, cluster_dat
 def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_path):
     experiment = "s3://runs/driver-killed"
     log = tmp_path / "driver.log"
-    args = client.search_args(tmp_path, "driver-killed", cluster_data, trials=4, epochs=3, seed=2)
-    # Tune snapshots its experiment every 10 s or more by default; two trials in step finish
-    # within seconds of each other, so the state below may never be in a snapshot. A snapshot
-    # a second (Tune's documented setting) makes it certain to be.
+    args = client.search_args(tmp_path, "driver-killed", cluster_data, trials=4, epochs=4, seed=2)
+    # The state the kill waits for below is only seen once a snapshot of Tune's (and the
+    # trials' result.json, uploaded with it) records it. mammotune snapshots every 2 s; a
+    # snapshot a second (Tune's documented setting), and trials whose epochs 2 to 4 span
+    # several snapshots, make sure the state is recorded.
     driver = client.start(*args, log=log, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     fs = client.s3()
     try:
@@ -115,7 +116,7 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     )
     rows = trial_rows(fs, experiment)
     for name in finished:
-        assert _epochs_in_order(rows[name]) == [1, 2, 3]  # not trained again
+        assert _epochs_in_order(rows[name]) == [1, 2, 3, 4]  # not trained again
     assert retention_errors(fs, experiment, "val_roc_auc", "max", keep=1) == {}
     study = optuna.load_study(study_name="driver-killed", storage=f"sqlite:///{tmp_path}/study.db")
     states = [t.state for t in study.trials]

@@ -2,6 +2,7 @@
 local Ray cluster it started dies too) resumes with `mammotune search --resume`: no finished
 trial is lost or run again, the same Optuna study goes on, and the trial count is reached."""
 
+import contextlib
 import json
 import os
 import signal
@@ -26,14 +27,15 @@ trials: 4
 max_concurrent: 1
 seed: 3
 tpe: {n_startup_trials: 2}
-asha: {grace_period: 3}
-fixed: {epochs: 3, batch_size: 8, input_size: 48, backbone: small_vgg_bn}
+asha: {grace_period: 6}
+fixed: {epochs: 6, batch_size: 8, input_size: 48, backbone: small_vgg_bn}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   lr: {type: log-float, low: 3.0e-4, high: 1.0e-3}
 """
 
 FS = fsspec.filesystem("file")
+EPOCHS = 6
 
 
 def _results(experiment: Path) -> dict[str, int]:
@@ -60,7 +62,13 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     command = [sys.executable, "-m", "tuner", "search", "--space", str(space)]
     command += ["--data", str(prepared), "--storage", str(experiment)]
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The state the kill waits for below is only seen once Tune's snapshot (and the trials'
+    # result.json, synced with it) records it: a snapshot a second (Tune's documented
+    # setting), and trials whose epochs 2 to 6 span several snapshots, make sure it is.
+    env = os.environ | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     finished: set[str] = set()
     try:
         deadline = time.monotonic() + 300
@@ -72,7 +80,8 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         assert finished, "no trial finished within the time limit"
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+        with contextlib.suppress(ProcessLookupError):  # all gone if the search has ended
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
         driver.wait()
     before = _results(experiment)
     assert len(before) < 4, before
@@ -98,7 +107,7 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     assert len(board["trials"]) == 4 and len(after) == 4, (before, after)
     assert all(t["status"] in ("done", "stopped") for t in board["trials"]), board["trials"]
     for name in finished:  # finished before the kill: kept, not trained again
-        assert after[name] == 3, (before, after)
+        assert after[name] == EPOCHS, (before, after)
     # The resumed search pruned every trial to its best checkpoint and its latest.
     assert retention_errors(FS, str(experiment), metric, mode, keep=1) == {}
     study_meta = meta["study"]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 
 EXPERIMENT_FILE = "search.json"
 EXPERIMENT_FORMAT = "mammotune-experiment/1"
 CHECKPOINT_META = "checkpoint.json"  # tuner.training.checkpoint.META, read without torch
+_REWRITE_S = 0.5  # time to wait for a snapshot caught half written
 
 __all__ = [
     "EXPERIMENT_FILE",
@@ -30,8 +32,7 @@ def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
         return {}
     if not states:
         return {}
-    # One GET, no ETag check: Tune rewrites the snapshot under the same name while we read.
-    data = json.loads(fs.cat_file(states[-1]))
+    data = _read_snapshot(fs, states[-1])
     result = {}
     for trial_json, run_json in data.get("trial_data", []):
         trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
@@ -44,6 +45,21 @@ def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:
     return result
 
 
+def _read_snapshot(fs, path: str) -> dict:
+    # One GET, no ETag check: Tune rewrites the snapshot under the same name while we read.
+    # On a local or mounted folder the rewrite is in place, so a read may catch it half
+    # written; the whole file is there again within the copy's time.
+    try:
+        return json.loads(fs.cat_file(path))
+    except json.JSONDecodeError:
+        time.sleep(_REWRITE_S)
+        try:
+            return json.loads(fs.cat_file(path))
+        except json.JSONDecodeError as error:
+            message = f"Tune's experiment snapshot {path} is not valid JSON: {error}"
+            raise ValueError(message) from None
+
+
 def trial_results(fs, folder: str) -> list[dict]:
     """The epochs a trial folder reported (Tune's ``result.json``, a JSON line each), oldest
     first; none if it has reported nothing yet."""
@@ -51,7 +67,13 @@ def trial_results(fs, folder: str) -> list[dict]:
     if not fs.exists(path):
         return []
     text = fs.cat_file(path).decode()  # Tune rewrites it while a search runs: one GET
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    try:
+        rows += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:  # the last line of a copy still being written
+        pass
+    return rows
 
 
 def trial_checkpoints(fs, folder: str) -> list[tuple[str, dict]]:
