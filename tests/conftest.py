@@ -208,3 +208,18 @@ def retention_errors(fs, path: str, metric: str, mode: str, keep: int) -> dict[s
         if kept != expected:
             errors[name] = (sorted(expected), sorted(kept))
     return errors
+
+
+def finished_and_one_halfway(fs, path: str) -> set[str] | None:
+    """The trials Tune's newest snapshot records as finished, once there is one and another
+    trial that it does not record as finished has reported two epochs or more (checkpoints
+    that a resume may need): the state the driver-kill tests kill at."""
+    from tuner.search.experiment import trial_states
+
+    path = path.split("://", 1)[-1]
+    states = trial_states(fs, path)
+    finished = {f"trial_{t}" for t, (status, _) in states.items() if status == "TERMINATED"}
+    halfway = [
+        n for n, rows in trial_rows(fs, path).items() if n not in finished and len(rows) >= 2
+    ]
+    return finished if finished and halfway else None

@@ -11,8 +11,7 @@ import time
 
 import optuna
 
-from tests.conftest import lost_checkpoints, retention_errors, trial_rows
-from tuner.search.experiment import trial_states
+from tests.conftest import finished_and_one_halfway, lost_checkpoints, retention_errors, trial_rows
 
 
 def _wait(condition, what: str, driver, log, timeout: float = 300, poll_s: float = 0.5):
@@ -91,17 +90,13 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     driver = client.start(*args, log=log, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     fs = client.s3()
     try:
-
-        def finished_and_one_halfway():
-            # Tune's snapshot records a finished trial, and another trial that it does not
-            # record as finished has reported two epochs or more (checkpoints that a resume
-            # may need).
-            states = trial_states(fs, experiment.removeprefix("s3://"))
-            done = {f"trial_{t}" for t, (status, _) in states.items() if status == "TERMINATED"}
-            on = [n for n, r in trial_rows(fs, experiment).items() if len(r) >= 2 and n not in done]
-            return done if done and on else None
-
-        finished = _wait(finished_and_one_halfway, "a finished trial", driver, log, poll_s=0.2)
+        finished = _wait(
+            lambda: finished_and_one_halfway(fs, experiment),
+            "a finished trial and another halfway",
+            driver,
+            log,
+            poll_s=0.2,
+        )
     finally:
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: the cluster lives on
         driver.wait()

@@ -15,10 +15,9 @@ from types import SimpleNamespace
 import fsspec
 import optuna
 
-from tests.conftest import lost_checkpoints, retention_errors, trial_rows
+from tests.conftest import finished_and_one_halfway, lost_checkpoints, retention_errors, trial_rows
 from tuner.cli import main
 from tuner.search.callbacks import CheckpointRetention
-from tuner.search.experiment import trial_states
 
 SPACE = """
 name: resume
@@ -43,18 +42,6 @@ def _results(experiment: Path) -> dict[str, int]:
     return {name: len(rows) for name, rows in trial_rows(FS, str(experiment)).items()}
 
 
-def _finished_and_one_halfway(experiment: Path) -> set[str] | None:
-    """The trials Tune's snapshot records as finished, once there is one and another trial
-    that it does not record as finished has reported two epochs or more (checkpoints that a
-    resume may need)."""
-    if not experiment.exists():
-        return None
-    states = trial_states(FS, str(experiment))
-    finished = {f"trial_{t}" for t, (status, _) in states.items() if status == "TERMINATED"}
-    halfway = [n for n, count in _results(experiment).items() if n not in finished and count >= 2]
-    return finished if finished and halfway else None
-
-
 def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     space = tmp_path / "resume.yaml"
     space.write_text(SPACE)
@@ -73,7 +60,7 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            finished = _finished_and_one_halfway(experiment) or set()
+            finished = finished_and_one_halfway(FS, str(experiment)) or set()
             if finished:
                 break
             time.sleep(0.2)

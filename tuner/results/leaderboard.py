@@ -18,7 +18,7 @@ from tuner.search.experiment import (
     trial_results,
     trial_states,
 )
-from tuner.training.metrics import best_first, is_better
+from tuner.training.metrics import best_first
 
 __all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
 
@@ -27,11 +27,8 @@ PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "tran
 
 
 def _best(items, key, mode: str):
-    best = None
-    for item in items:
-        if best is None or is_better(key(item), key(best), mode):
-            best = item
-    return best
+    """The item whose ``key`` is best under ``mode`` (the first of equals), or None."""
+    return min(items, key=lambda item: best_first(key(item), mode), default=None)
 
 
 def _read_json(fs, path: str):
