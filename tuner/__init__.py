@@ -1,6 +1,23 @@
-"""mammotune: distributed hyperparameter search for mammography classifiers."""
+"""mammotune: distributed hyperparameter search for mammography classifiers.
+
+The Python API; the ``mammotune`` command is a face over the same calls::
+
+    import tuner
+
+    source = tuner.synth("work/cbis", patients=80, scale=0.25)
+    data = tuner.prepare(source, "work/dataset", sizes=[48, 64], context_px=150)
+    experiment = tuner.search(
+        "quick", data=data, storage="work/exp-1", trials=2, overrides={"epochs": 2}
+    )
+    print(experiment.leaderboard().best)
+    tuner.evaluate(experiment, data=data, split="val")
+
+Importing the package is cheap: torch, Ray and the rest load when a name is first used.
+"""
 
 import os as _os
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING
 
 # Defaults for every process that imports the package (the CLI, Ray workers, tests): Ray must
 # not phone home, and albumentations otherwise checks PyPI for updates on import. Users can
@@ -10,4 +27,99 @@ _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "synth": "tuner.api",
+    "prepare": "tuner.api",
+    "load_space": "tuner.api",
+    "presets": "tuner.api",
+    "evaluate": "tuner.api",
+    "predict": "tuner.api",
+    "pretrain_mias": "tuner.api",
+    "fetch_weights": "tuner.api",
+    "submit": "tuner.api",
+    "Job": "tuner.api",
+    "Prediction": "tuner.api",
+    "Predictions": "tuner.api",
+    "Pretrained": "tuner.api",
+    "Experiment": "tuner.results.experiment",
+    "Trial": "tuner.results.leaderboard",
+    "Leaderboard": "tuner.results.leaderboard",
+    "Status": "tuner.results.leaderboard",
+    "Evaluation": "tuner.results.evaluate",
+    "Dataset": "tuner.data.dataset",
+    "Synthetic": "tuner.data.dataset",
+    "SearchSpace": "tuner.config",
+    "register_backbone": "tuner.models.backbones",
+    "UserError": "tuner.errors",
+}
+
+__all__ = [  # spelled out for tools that read it statically; a test checks it is _EXPORTS
+    "__version__",
+    "search",
+    "synth",
+    "prepare",
+    "load_space",
+    "presets",
+    "evaluate",
+    "predict",
+    "pretrain_mias",
+    "fetch_weights",
+    "submit",
+    "Job",
+    "Prediction",
+    "Predictions",
+    "Pretrained",
+    "Experiment",
+    "Trial",
+    "Leaderboard",
+    "Status",
+    "Evaluation",
+    "Dataset",
+    "Synthetic",
+    "SearchSpace",
+    "register_backbone",
+    "UserError",
+]
+
+# ``tuner.search`` is the subpackage tuner/search/, made callable as the API's search function
+# (see its __init__): a subpackage's name is bound to this module when it is imported, so a
+# function of the same name could not stay here. Importing it costs nothing.
+from tuner import search  # noqa: E402
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from tuner.api import (
+        Job,
+        Prediction,
+        Predictions,
+        Pretrained,
+        evaluate,
+        fetch_weights,
+        load_space,
+        predict,
+        prepare,
+        presets,
+        pretrain_mias,
+        submit,
+        synth,
+    )
+    from tuner.config import SearchSpace
+    from tuner.data.dataset import Dataset, Synthetic
+    from tuner.errors import UserError
+    from tuner.models.backbones import register_backbone
+    from tuner.results.evaluate import Evaluation
+    from tuner.results.experiment import Experiment
+    from tuner.results.leaderboard import Leaderboard, Status, Trial
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

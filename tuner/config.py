@@ -1,9 +1,11 @@
 """Search-space files: the schema and the YAML loader.
 
 A space file names what is searched (``space``), what is fixed (``fixed``) and how the
-search runs (metric, trials, concurrency, ASHA, resources). Errors name the file, the key and
-the allowed values. Which values are allowed for each dimension (registered backbones,
-transfer degrees, ...) is checked by ``tuner.search.space``, which knows the trial config.
+search runs (metric or metrics, trials, concurrency, sampler, scheduler, resources). Errors
+name the file, the key and the allowed values. Which values are allowed for each dimension
+(registered backbones, transfer degrees, ...) and which samplers and schedulers exist (with
+their options) is checked by ``tuner.search`` (``space.check_space``), which knows the trial
+config and the registries.
 
 Example::
 
@@ -11,6 +13,8 @@ Example::
     metric: val_roc_auc
     mode: max
     trials: 8
+    sampler: {type: tpe, n_startup_trials: 4}      # Optuna's; gp, cmaes, random, qmc, nsga2
+    scheduler: {type: asha, grace_period: 2}        # Ray Tune's; hyperband, median, fifo
     fixed: {epochs: 6, batch_size: 32}
     space:
       backbone: {type: categorical, choices: [resnet18, mobilenet_v3_small]}
@@ -47,11 +51,13 @@ __all__ = [
     "FloatRange",
     "IntRange",
     "Dimension",
-    "Asha",
-    "Tpe",
+    "Strategy",
+    "Objective",
     "Resources",
     "SearchSpace",
     "load_space",
+    "parse_overrides",
+    "describe_overrides",
     "apply_overrides",
 ]
 
@@ -126,17 +132,26 @@ class IntRange(_Dimension):
 Dimension = Annotated[Categorical | FloatRange | IntRange, Field(discriminator="type")]
 
 
-class Asha(_Strict):
-    """ASHA early stopping; the time unit is the epoch."""
+class Strategy(BaseModel):
+    """A sampler or scheduler section: a registered ``type`` and its options, e.g.
+    ``{type: tpe, n_startup_trials: 4}``. The options are checked against the registered
+    strategy's own schema by ``tuner.search.strategies``."""
 
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options given besides ``type``."""
+        return dict(self.model_extra or {})
 
 
-class Tpe(_Strict):
-    """Optuna's TPE sampler; it samples at random for its first ``n_startup_trials``."""
+class Objective(_Strict):
+    """One metric a search optimises and its direction."""
 
-    n_startup_trials: int = Field(10, ge=1)
+    name: str
+    mode: Literal["max", "min"] = "max"
 
 
 class Resources(_Strict):
@@ -158,20 +173,58 @@ class SearchSpace(_Strict):
     description: str = ""
     task: str = "benign_vs_malignant"
     view: Literal["roi", "whole"] = "roi"
+    # The metric trials are ranked and early-stopped by. ``metrics`` (two or more) makes the
+    # search multi-objective: metric and mode are then its first entry's.
     metric: str = "val_roc_auc"
     mode: Literal["max", "min"] = "max"
+    metrics: list[Objective] = []
     trials: int = Field(10, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
-    asha: Asha = Asha()
-    tpe: Tpe = Tpe()
+    sampler: Strategy = Strategy(type="tpe")
+    scheduler: Strategy = Strategy(type="asha")
     resources: Resources = Resources()
     keep_checkpoints: int = Field(1, ge=1)  # best checkpoints a finished trial keeps, + latest
     fixed: dict[str, Any] = {}
     space: dict[str, Dimension] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        # Files and experiments written before samplers and schedulers were pluggable had
+        # a ``tpe`` and an ``asha`` section: read them as what they were.
+        for old, new in (("tpe", "sampler"), ("asha", "scheduler")):
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old}: give {new}: {{type: {old}, ...}} alone")
+                section = data.pop(old)
+                data[new] = {"type": old, **(section if isinstance(section, dict) else {})}
+        for section in ("sampler", "scheduler"):
+            if isinstance(data.get(section), str):  # sampler: gp is sampler: {type: gp}
+                data[section] = {"type": data[section]}
+        metrics = data.get("metrics")
+        if isinstance(metrics, list) and metrics:
+            first = metrics[0]
+            if isinstance(first, BaseModel):
+                first = first.model_dump()
+            if isinstance(first, dict) and "name" in first:
+                for key, value in (("metric", first["name"]), ("mode", first.get("mode", "max"))):
+                    if key in data and data[key] != value:
+                        raise ValueError(
+                            f"{key} {data[key]!r} differs from metrics[0]'s {value!r}; "
+                            "give metrics alone (its first entry ranks the trials)"
+                        )
+                    data[key] = value
+        return data
+
     @model_validator(mode="after")
     def _disjoint(self):
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics: a metric is listed twice ({', '.join(names)})")
         # A conditional dimension may also be fixed: the fixed value applies where the
         # condition does not hold.
         both = sorted(n for n in set(self.fixed) & set(self.space) if not self.space[n].when)
@@ -196,6 +249,15 @@ class SearchSpace(_Strict):
                     )
         self.ordered()  # raises on a cycle
         return self
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The metrics the search optimises, the ranking one first (one, or several)."""
+        return list(self.metrics) or [Objective(name=self.metric, mode=self.mode)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     def ordered(self) -> list[str]:
         """Dimension names with every condition's dimension before the ones it conditions."""
@@ -228,6 +290,7 @@ class SearchSpace(_Strict):
 
 
 _TAGS = ("categorical", "float", "log-float", "int")
+_LEGACY_SECTIONS = {"tpe": "sampler", "asha": "scheduler"}
 
 
 def _location(error: dict) -> str:
@@ -259,35 +322,79 @@ def load_space(path: str | Path) -> SearchSpace:
     return _validate(raw, str(path))
 
 
-def apply_overrides(space: SearchSpace, overrides: list[str], source: str) -> SearchSpace:
-    """``space`` with ``KEY=VALUE`` overrides from the command line (values in YAML).
-
-    - a search setting (``trials=4``, ``resources.gpu=0.5``, ``asha.grace_period=1``);
-    - a searched dimension given a list narrows its choices (``backbone=[vgg19,resnet50]``),
-      given a mapping replaces it, given one value fixes it (``input_size=224``);
-    - anything else is a fixed trial setting (``epochs=2``).
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["epochs=2", "backbone=[vgg19,resnet50]"]`` (``--set KEY=VALUE``, values in YAML) as
+    ``{"epochs": 2, "backbone": ["vgg19", "resnet50"]}``; a key given twice keeps its last.
 
     Raises:
-        UserError: a malformed override, or a space the overrides make invalid.
+        UserError: an item that is not KEY=VALUE, or a value that is not YAML.
     """
-    raw = space.model_dump(mode="json")
-    for item in overrides:
+    overrides: dict[str, Any] = {}
+    for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE, for example --set epochs=2")
-        key = key.strip()
         try:
-            value = yaml.safe_load(text)
+            overrides[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError:
             raise UserError(f"--set {item!r}: {text!r} is not a YAML value") from None
+    return overrides
+
+
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    """Overrides as the ``--set`` arguments that give them (for messages and records)."""
+
+    def text(value: Any) -> str:
+        dumped = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6)
+        return dumped.strip().removesuffix("\n...")
+
+    return " ".join(f"{key}={text(value)}" for key, value in overrides.items())
+
+
+def apply_overrides(space: SearchSpace, overrides: dict[str, Any], source: str) -> SearchSpace:
+    """``space`` with overrides (``--set KEY=VALUE`` on the command line, a dict in Python):
+
+    - a search setting (``trials: 4``, ``resources.gpu: 0.5``, ``scheduler.grace_period: 1``,
+      ``sampler: {type: gp}``);
+    - a searched dimension given a list narrows its choices (``backbone: [vgg19, resnet50]``),
+      given a mapping replaces it, given one value fixes it (``input_size: 224``);
+    - anything else is a fixed trial setting (``epochs: 2``).
+
+    Raises:
+        UserError: a space the overrides make invalid (naming the overrides).
+    """
+    raw = space.model_dump(mode="json")
+    # A strategy's type first: choosing another sampler drops the options of the old one,
+    # not options given beside the new type.
+    ordered = sorted(overrides.items(), key=lambda item: not str(item[0]).endswith(".type"))
+    for key, value in ordered:
+        key = str(key).strip()
+        if not key:
+            raise UserError(f"{source}: an override has an empty key")
         head, _, rest = key.partition(".")
+        if head in _LEGACY_SECTIONS:  # tpe.x / asha.x: options of that strategy only
+            head, legacy = _LEGACY_SECTIONS[head], head
+            if rest and raw[head]["type"] != legacy:
+                raise UserError(
+                    f"{source}: override {key!r}: the {head} is {raw[head]['type']}, not "
+                    f"{legacy}; use {head}.{rest}"
+                )
+            if not rest:
+                value = {"type": legacy, **(value if isinstance(value, dict) else {})}
         if head in SearchSpace.model_fields and head not in ("space", "fixed"):
-            if rest:
+            if head in ("sampler", "scheduler") and isinstance(value, str) and not rest:
+                value = {"type": value}  # sampler=gp
+            if head in ("sampler", "scheduler") and rest == "type" and value != raw[head]["type"]:
+                raw[head] = {"type": value}  # another strategy: the old one's options go
+            elif rest:
                 if not isinstance(raw.get(head), dict):
-                    raise UserError(f"--set {item!r}: {head} has no sub-settings")
+                    raise UserError(f"{source}: override {key!r}: {head} has no sub-settings")
                 raw[head] = {**raw[head], rest: value}
             else:
                 raw[head] = value
+                if head == "metrics":  # metric and mode follow metrics[0]
+                    raw.pop("metric", None)
+                    raw.pop("mode", None)
         elif key in raw["space"]:
             dim = raw["space"][key]
             if isinstance(value, list) and dim["type"] == "categorical":
@@ -299,7 +406,7 @@ def apply_overrides(space: SearchSpace, overrides: list[str], source: str) -> Se
                 raw["fixed"][key] = value
         else:
             raw["fixed"][key] = value
-    return _validate(raw, f"{source} with --set {' '.join(overrides)}")
+    return _validate(raw, f"{source} with --set {describe_overrides(overrides)}")
 
 
 def _validate(raw: dict, source: str) -> SearchSpace:

@@ -1,6 +1,6 @@
 """``mammotune quickstart``: synth -> prepare -> search -> best in one work folder, sized for a
 2-core CPU with no GPU and no network, printing each step, where things went and the measured
-time and best validation ROC AUC.
+time and best validation ROC AUC. A face over :mod:`tuner`'s API, like the CLI.
 
 Steps whose output is already there with the same settings are reused (synth and prepare are
 idempotent); every run gets a new experiment folder, so nothing is overwritten.
@@ -33,78 +33,67 @@ def _minutes(seconds: float) -> str:
 def run_quickstart(
     workdir: str, *, patients: int = 240, trials: int | None = None, console: Console
 ) -> dict:
-    """Run the whole path on synthetic data; returns the measured summary (also written to
-    ``WORKDIR/quickstart-<time>.json``)."""
+    """Run the whole path on synthetic data through :mod:`tuner`'s API; returns the measured
+    summary (also written to ``WORKDIR/quickstart-<time>.json``)."""
     from rich.progress import Progress
 
-    from tuner.cli import print_leaderboard, print_manifest, resolve_space
-    from tuner.cluster import connect
-    from tuner.config import load_space
-    from tuner.data.prepare import PrepareParams, prepare
-    from tuner.data.synthetic import SynthParams, synthesize
-    from tuner.search.runner import plan_search, run_search
+    import tuner
+    from tuner import present
 
     started = time.perf_counter()
     root = Path(workdir).resolve()
     source, data = root / "cbis-ddsm-synthetic", root / "dataset"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    experiment = root / "experiments" / f"quick-{stamp}"
+    experiment_url = root / "experiments" / f"quick-{stamp}"
     seconds: dict[str, float] = {}
 
     console.print(Rule("1/4 synth: a synthetic CBIS-DDSM download"))
     t = time.perf_counter()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("rendering cases", total=None)
-        summary = synthesize(
-            str(source),
-            SynthParams(patients=patients, difficulty=DIFFICULTY, scale=SCALE),
+        synthetic = tuner.synth(
+            source,
+            patients=patients,
+            difficulty=DIFFICULTY,
+            scale=SCALE,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     seconds["synth"] = time.perf_counter() - t
-    note = "reused" if summary.get("reused") else f"{summary['images']} DICOM images"
-    console.print(f"{source}: {summary['patients']} patients, {note}")
+    note = "reused" if synthetic.reused else f"{synthetic.images} DICOM images"
+    console.print(f"{source}: {synthetic.patients} patients, {note}")
 
     console.print(Rule("2/4 prepare: ROI tile shards + manifest"))
     t = time.perf_counter()
-    dashboard = connect()
-    if dashboard:
-        console.print(f"Ray dashboard: {dashboard}")
-    manifest = prepare(
-        str(source),
-        str(data),
-        PrepareParams(sizes=SIZES, context_px=CONTEXT_PX, val_fraction=0.25),
+    dataset = tuner.prepare(
+        synthetic, data, sizes=SIZES, context_px=CONTEXT_PX, val_fraction=0.25, log=console.print
     )
     seconds["prepare"] = time.perf_counter() - t
-    print_manifest(manifest, str(data))
+    present.dataset(console, dataset)
 
     console.print(Rule("3/4 search: Optuna TPE + ASHA on Ray Tune"))
     t = time.perf_counter()
-    space_file = resolve_space("quick")
-    plan = plan_search(
-        load_space(space_file),
-        space_file=str(space_file),
-        data=str(data),
-        experiment=str(experiment),
+    experiment = tuner.search(
+        "quick",
+        data=dataset,
+        storage=experiment_url,
         trials=trials,
+        console=console,
+        log=console.print,
     )
-    console.print(
-        f"{plan.space.trials} trials, {plan.space.max_concurrent} at a time, up to "
-        f"{plan.max_epochs} epochs each; experiment at {experiment}"
-    )
-    run_search(plan, console=console)
     seconds["search"] = time.perf_counter() - t
 
     console.print(Rule("4/4 best: leaderboard"))
-    board = print_leaderboard(str(experiment))
+    board = experiment.leaderboard()
+    present.leaderboard(console, board)
     total = time.perf_counter() - started
-    best = board["best"]
-    auc = best["best"].get("val_roc_auc") if best else None
+    best = board.best
+    auc = best.value if best else None
     result = {
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(total, 1)},
         "best_val_roc_auc": auc,
-        "best_trial": best,
-        "experiment": str(experiment),
-        "dataset": str(data),
+        "best_trial": best.to_dict() if best else None,
+        "experiment": experiment.url,
+        "dataset": dataset.url,
         "cpus": os.cpu_count(),
     }
     storage.write_json(str(root / f"quickstart-{stamp}.json"), result)
@@ -120,5 +109,5 @@ def run_quickstart(
     console.print(
         f"goal (<= {GOAL_SECONDS // 60} min, AUC >= {GOAL_AUC}): {'met' if met else 'NOT met'}"
     )
-    console.print(f"next: mammotune best {experiment}")
+    console.print(f"next: mammotune best {experiment.url}")
     return result

@@ -131,13 +131,19 @@ def _test_tile(prepared, tmp_path):
 def test_predict_reads_png_and_dicom_with_the_checkpoint_preprocessing(
     experiment, prepared, synthetic_source, tmp_path, capsys
 ):
-    best = leaderboard(str(experiment))["best"]["checkpoint"]
+    best = leaderboard(str(experiment)).best.checkpoint
     png = _test_tile(prepared, tmp_path)
     dicom = next(synthetic_source.rglob("*.dcm"))
     capsys.readouterr()
     assert main(["predict", best, str(png), str(dicom), "--json", "--threshold", "0.3"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["preprocessing"] == {"view": "roi", "size": 48, "enhance": "none"}
+    assert result["preprocessing"] == {
+        "view": "roi",
+        "size": 48,
+        "enhance": "none",
+        "context_px": 150,
+        "resized_from": [],
+    }
     first, second = result["predictions"]
     assert set(first["probabilities"]) == {"tissue", "lesion"}
     assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)
@@ -146,7 +152,7 @@ def test_predict_reads_png_and_dicom_with_the_checkpoint_preprocessing(
 
 
 def test_predict_bad_inputs(experiment, tmp_path, capsys):
-    best = leaderboard(str(experiment))["best"]["checkpoint"]
+    best = leaderboard(str(experiment)).best.checkpoint
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     assert main(["predict", best, str(text)]) == 2
@@ -170,3 +176,29 @@ def test_best_downloads_the_best_checkpoint(experiment, tmp_path, capsys):
     assert sorted(p.name for p in dest.iterdir()) == ["checkpoint.json", "state.pt"]
     assert main(["best", str(experiment), "--download", str(dest)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_predict_a_full_mammogram_with_its_roi_mask(experiment, synthetic_source, capsys):
+    """A ROI model given one full mammogram and its finding's mask file sees the tile
+    prepare would have cut (tests/data/test_one_path.py holds the pixels to the bit)."""
+    import pydicom
+
+    from tuner.data.cbis_ddsm import CbisDdsmSource
+
+    best = leaderboard(str(experiment)).best.checkpoint
+    cbis = CbisDdsmSource(str(synthetic_source))
+    index = cbis.dicom_index()
+    finding = cbis.abnormalities()[0]
+    image = index[finding.image_series][0]
+    mask = next(
+        path
+        for path in index[finding.roi_series]
+        if pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription == "ROI mask images"
+    )
+    capsys.readouterr()
+    assert main(["predict", best, image, "--roi-mask", mask, "--json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert item["roi"] == "mask" and sum(item["probabilities"].values()) == pytest.approx(1, 1e-5)
+    # A box belongs to one mammogram: two files with one box is one line, exit 2.
+    assert main(["predict", best, image, image, "--roi-box", "10,10,40,40"]) == 2
+    assert "one mammogram" in capsys.readouterr().err

@@ -25,8 +25,8 @@ REDUCED = [
     *("--set", "batch_size=16"),
     *("--set", "patience=2"),
     *("--set", "max_concurrent=2"),
-    *("--set", "tpe.n_startup_trials=4"),
-    *("--set", "asha.grace_period=2"),
+    *("--set", "sampler.n_startup_trials=4"),
+    *("--set", "scheduler.grace_period=2"),
     *("--cpus-per-trial", "1", "--gpus-per-trial", "0"),
 ]
 

@@ -43,7 +43,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(prepared, tmp_path, 
         by_size.setdefault(trial["config"]["input_size"], []).append(trial)
     assert set(by_size) == {32, 48}, "the seeded sampler should draw both sizes"
     for trial in by_size[48]:
-        assert trial["status"] == "error"
+        assert trial["status"] == "errored"
         assert "parquet" in trial["error"].lower(), trial["error"]
     for trial in by_size[32]:
         assert trial["status"] in ("done", "stopped") and trial["checkpoint"]

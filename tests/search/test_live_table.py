@@ -12,7 +12,7 @@ from tuner.search.runner import plan_search, run_search
 
 
 def test_a_terminal_gets_a_live_table_of_the_trials(prepared, ray_local, tmp_path):
-    space = apply_overrides(load_space(TINY), ["trials=2", "epochs=1"], str(TINY))
+    space = apply_overrides(load_space(TINY), {"trials": 2, "epochs": 1}, str(TINY))
     plan = plan_search(
         space, space_file=str(TINY), data=str(prepared), experiment=str(tmp_path / "e")
     )

@@ -25,8 +25,8 @@ task: lesion_vs_tissue
 trials: 4
 max_concurrent: 1
 seed: 3
-tpe: {n_startup_trials: 2}
-asha: {grace_period: 6}
+sampler: {type: tpe, n_startup_trials: 2}
+scheduler: {type: asha, grace_period: 6}
 fixed: {epochs: 6, batch_size: 8, input_size: 48, backbone: small_vgg_bn}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
@@ -107,3 +107,7 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     sampled = sorted((t.params["dropout"], t.params["lr"]) for t in complete)
     configs = sorted((t["config"]["dropout"], t["config"]["lr"]) for t in board["trials"])
     assert sampled == configs
+    # Each Optuna trial names its Tune trial: what the resume read instead of unpickling
+    # Tune's searcher snapshot to tell orphans from trials that go on.
+    recorded = sorted(t.user_attrs["tune_trial_id"] for t in complete)
+    assert recorded == sorted(t["trial_id"] for t in board["trials"])

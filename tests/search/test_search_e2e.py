@@ -35,10 +35,15 @@ def test_every_trial_reported_and_the_best_has_a_checkpoint(experiment, capsys):
     )
     best = board["best"]
     assert best["checkpoint"] and Path(best["checkpoint"]).is_dir()
-    aucs = [t["best"]["val_roc_auc"] for t in board["trials"]]
+    aucs = [t["metrics"]["val_roc_auc"] for t in board["trials"]]
     assert aucs == sorted(aucs, reverse=True)
+    assert [t["value"] for t in board["trials"]] == aucs
     # The search learned the synthetic task (chance is 0.5).
-    assert best["best"]["val_roc_auc"] > 0.9
+    assert best["metrics"]["val_roc_auc"] > 0.9
+    # Every trial reports what serving its model costs (a multi-objective space may use it).
+    for trial in board["trials"]:
+        assert 0 < trial["metrics"]["inference_ms"] < 1000
+        assert trial["metrics"]["params_m"] == pytest.approx(0.376, abs=0.001)  # small_vgg_bn
 
 
 def test_each_trial_keeps_its_best_checkpoints_and_its_latest(experiment):

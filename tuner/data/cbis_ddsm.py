@@ -4,8 +4,8 @@ tree of DICOM files, joined on the series folder name.
 Quirks of the real collection handled here (see ``datasets/cbis_ddsm.md``): CRLF line ends,
 ``breast_density`` vs ``breast density`` headers, quoted paths ending in a newline, crop and
 mask file names that do not tell which is which (told apart by content instead), masks whose
-size differs from their image, and two DICOM layouts (the CSVs' own
-``<series folder>/<study UID>/<series UID>/00000N.dcm`` and the current download's
+size differs from their image (fitted by ``preprocess.fit_mask``), and two DICOM layouts (the
+CSVs' own ``<series folder>/<study UID>/<series UID>/00000N.dcm`` and the current download's
 ``CBIS-DDSM/<series folder>/<date>-DDSM-NA-<n>/<k>.000000-<description>-<n>/1-1.dcm``).
 """
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from tuner import storage
 from tuner.data.dicom import read_image
+from tuner.data.preprocess import fit_mask, is_mask
 from tuner.data.records import Finding, ImageRecord
 from tuner.data.splits import assign_splits
 from tuner.errors import UserError
@@ -35,11 +36,8 @@ __all__ = [
     "Abnormality",
     "CbisDdsmSource",
     "series_folder",
-    "is_mask",
+    "is_mask",  # from tuner.data.preprocess, where prepare and predict share it
 ]
-
-# Masks whose aspect ratio differs from their image's by more than this are not rescaled.
-MAX_MASK_ASPECT_ERROR = 0.02
 
 CSV_FILES = {
     ("mass", "train"): "mass_case_description_train_set.csv",
@@ -254,13 +252,12 @@ class CbisDdsmSource:
     @staticmethod
     def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
         """The finding's ROI mask at ``shape``, found among its files by content (a mask has
-        two values; a cropped ROI is greyscale), never by file name or CSV column.
+        two values; a cropped ROI is greyscale), never by file name or CSV column, and fitted
+        to the image by :func:`tuner.data.preprocess.fit_mask` (as predict fits a mask file).
 
         Returns:
             (mask or None, note): the note says what was rescaled, or why there is no mask.
         """
-        import cv2
-
         masks = []
         for url in roi["files"]:
             fs, path = storage.filesystem(url)
@@ -270,21 +267,7 @@ class CbisDdsmSource:
                 masks.append(pixels)
         if not masks:
             return None, "no ROI mask among the finding's files"
-        mask = max(masks, key=lambda m: (m.shape == shape, m.size))
-        note = ""
-        if mask.shape != shape:
-            aspect = (mask.shape[0] / mask.shape[1]) / (shape[0] / shape[1])
-            if abs(aspect - 1) > MAX_MASK_ASPECT_ERROR:
-                return None, (
-                    f"mask {mask.shape[1]}x{mask.shape[0]} does not match image "
-                    f"{shape[1]}x{shape[0]} (aspect differs by {abs(aspect - 1):.1%})"
-                )
-            note = f"mask {mask.shape[1]}x{mask.shape[0]} rescaled to image {shape[1]}x{shape[0]}"
-            mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-        mask = mask > mask.min()
-        if not mask.any():
-            return None, "ROI mask is empty"
-        return mask, note
+        return fit_mask(masks, shape)
 
 
 def _abnormality(name: str, kind: str, split: str, record: dict) -> Abnormality:
@@ -309,9 +292,3 @@ def _abnormality(name: str, kind: str, split: str, record: dict) -> Abnormality:
         roi_series=series_folder(record["ROI mask file path"]) or "",
         crop_series=series_folder(record["cropped image file path"]) or "",
     )
-
-
-def is_mask(pixels: np.ndarray) -> bool:
-    """A ROI mask holds two values (background and ROI); a cropped image is greyscale."""
-    step_y, step_x = max(1, pixels.shape[0] // 256), max(1, pixels.shape[1] // 256)
-    return np.unique(pixels[::step_y, ::step_x]).size <= 2

@@ -6,7 +6,8 @@ enhancement, size) and a small record under ``_work/``. The manifest is written 
 the commit point: a reader never sees a half-written dataset. Re-running with the same
 inputs finds the manifest and does nothing; an interrupted run finds the finished chunks'
 records and does only the rest. A bad input (unreadable file, missing mask, blank image) is
-skipped and listed with its reason; everything good is still prepared.
+skipped and listed with its reason; everything good is still prepared. Every tile is made by
+``preprocess.model_inputs``, the path predict takes too.
 
 A dataset or source in ``memory://`` lives in this process only, so its chunks run here,
 one after another, instead of on Ray workers that could not see it.
@@ -45,7 +46,7 @@ __all__ = [
 
 FORMAT = "mammotune-dataset/2"
 MANIFEST = "manifest.json"
-VIEWS = ("roi", "whole")
+VIEWS = preprocess.VIEWS
 _IN_PROGRESS = "_prepare.json"
 _WORK = "_work"
 
@@ -170,19 +171,22 @@ def _tile_image(
     skipped: list,
     notes: list,
 ) -> None:
-    """Every tile of one image, appended to ``rows[(view, enhance, size)]``."""
+    """Every tile of one image, appended to ``rows[(view, enhance, size)]``: each one made
+    by :func:`preprocess.model_inputs`, the path predict takes too."""
     try:
-        pixels = preprocess.to_uint8(source.load_image(image.url))
-    except UserError as exc:
+        mammogram = preprocess.SourceImage(source.load_image(image.url))
+    except UserError as exc:  # unreadable, or blank (no breast region)
         skipped.append({"item": image.image_id, "reason": str(exc)})
         return
-    breast = preprocess.breast_mask(pixels)
-    if not breast.any():
-        skipped.append({"item": image.image_id, "reason": "no breast region found (blank image)"})
-        return
-    pixels = np.where(breast, pixels, 0).astype(np.uint8)  # drop background and labels
-    enhanced = {mode: preprocess.enhance(pixels, mode) for mode in params.enhance}
     rng = np.random.default_rng(zlib.crc32(f"{params.seed}/{image.image_id}".encode()))
+
+    def tiles(box: preprocess.Box):
+        for mode in params.enhance:
+            inputs = preprocess.model_inputs(
+                mammogram, view="roi", enhance=mode, sizes=params.sizes, box=box
+            )
+            for size, tile in inputs.items():
+                yield mode, size, tile
 
     if "roi" in params.views:
         lesions: list[tuple[int, int, int, int]] = []
@@ -190,7 +194,7 @@ def _tile_image(
         for finding in image.findings:
             label = f"{image.image_id}/{finding.abnormality_id}"
             try:
-                mask, note = source.load_mask(finding.roi, pixels.shape)
+                mask, note = source.load_mask(finding.roi, mammogram.shape)
             except UserError as exc:
                 mask, note = None, str(exc)
             if mask is None:
@@ -205,29 +209,34 @@ def _tile_image(
                 mask, context_px=params.context_px, variants=variants, rng=rng
             )
             for variant, box in enumerate(boxes):
-                for mode, source_pixels in enhanced.items():
-                    for size, tile in preprocess.cut(source_pixels, box, params.sizes).items():
-                        rows[("roi", mode, size)].append(
-                            _row(tile, image, finding=finding, lesion="lesion", variant=variant)
-                        )
+                for mode, size, tile in tiles(box):
+                    rows[("roi", mode, size)].append(
+                        _row(tile, image, finding=finding, lesion="lesion", variant=variant)
+                    )
         # Tissue tiles only where every lesion is located: "away from every ROI" must hold.
         if all_located:
             boxes = preprocess.tissue_boxes(
-                pixels, breast, lesions, side=params.context_px, count=params.tissue_tiles, rng=rng
+                mammogram.pixels,
+                mammogram.breast,
+                lesions,
+                side=params.context_px,
+                count=params.tissue_tiles,
+                rng=rng,
             )
             for variant, box in enumerate(boxes):
-                for mode, source_pixels in enhanced.items():
-                    for size, tile in preprocess.cut(source_pixels, box, params.sizes).items():
-                        rows[("roi", mode, size)].append(
-                            _row(tile, image, finding=None, lesion="tissue", variant=variant)
-                        )
+                for mode, size, tile in tiles(box):
+                    rows[("roi", mode, size)].append(
+                        _row(tile, image, finding=None, lesion="tissue", variant=variant)
+                    )
 
     if "whole" in params.views:
         worst = worst_finding(image.findings)
-        for mode, source_pixels in enhanced.items():
-            for size, picture in preprocess.whole_image(
-                source_pixels, breast, params.whole_sizes
-            ).items():
+        for mode in params.enhance:
+            # All whole sizes in one call: each is resized from the next larger one.
+            inputs = preprocess.model_inputs(
+                mammogram, view="whole", enhance=mode, sizes=params.whole_sizes
+            )
+            for size, picture in inputs.items():
                 rows[("whole", mode, size)].append(
                     _row(
                         picture,

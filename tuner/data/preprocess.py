@@ -16,19 +16,37 @@
 
 Crop boxes are drawn once per finding and cut from every enhancement of the image, so the
 variants of one tile show the same crop (MONAI's "image and mask move together").
+
+One path from a source image to a model's input, for every caller: a decoded mammogram
+becomes a :class:`SourceImage` (windowed, breast found, background zeroed, each enhancement
+computed once), and :func:`model_inputs` cuts a ROI or tissue tile or the whole image from it.
+prepare stores what it returns in the shards and predict feeds it to the model, so the two
+cannot drift apart (``tests/data/test_one_path.py`` holds them to the bit). ROI masks are
+fitted to their image by :func:`fit_mask`, for prepare and predict alike, and
+:class:`Preprocessing` is what travels with a model to say which inputs it takes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from tuner.errors import UserError, unknown_choice
+
 __all__ = [
     "ENHANCEMENTS",
+    "VIEWS",
     "WHOLE_ASPECT",
+    "MAX_MASK_ASPECT_ERROR",
     "Box",
+    "SourceImage",
+    "Preprocessing",
+    "model_inputs",
+    "is_mask",
+    "fit_mask",
     "to_uint8",
     "breast_mask",
     "enhance",
@@ -42,11 +60,14 @@ __all__ = [
 ]
 
 ENHANCEMENTS = ("none", "equalize", "clahe")
+VIEWS = ("roi", "whole")  # a tile around a finding (or of tissue), or the whole breast
 WHOLE_ASPECT = 1.5  # height : width of the whole-image view
 # Tissue tiles are kept when mean and standard deviation (uint8) fall in these ranges: darker
 # tiles are mostly background or skin line, flatter ones are pectoral muscle or artefacts.
 TISSUE_MEAN = (40.0, 230.0)
 TISSUE_STD = (4.0, 70.0)
+# Masks whose aspect ratio differs from their image's by more than this are not rescaled.
+MAX_MASK_ASPECT_ERROR = 0.02
 
 
 @dataclass(frozen=True)
@@ -231,3 +252,175 @@ def whole_image(image: np.ndarray, breast: np.ndarray, sizes: tuple[int, ...]) -
         height, width = whole_shape(size)
         crop = out[size] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
     return out
+
+
+def is_mask(pixels: np.ndarray) -> bool:
+    """A ROI mask holds two values (background and ROI); a cropped image is greyscale."""
+    step_y, step_x = max(1, pixels.shape[0] // 256), max(1, pixels.shape[1] // 256)
+    return np.unique(pixels[::step_y, ::step_x]).size <= 2
+
+
+def fit_mask(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """A finding's ROI mask fitted to its image, for prepare and predict alike.
+
+    The candidate of the image's shape is taken (else the largest); one whose size differs
+    (a few CBIS-DDSM masks are off by a few pixels) is rescaled when its aspect ratio matches
+    the image's, and refused otherwise, since stretching would misplace the ROI. The ROI is
+    every pixel above the mask's minimum.
+
+    Args:
+        masks: candidate masks (two values each, see :func:`is_mask`), at least one.
+        shape: (height, width) of the image.
+
+    Returns:
+        (boolean mask of ``shape``, note) where the note says what was rescaled, or
+        (None, why there is no mask).
+    """
+    mask = max(masks, key=lambda m: (m.shape == shape, m.size))
+    note = ""
+    if mask.shape != shape:
+        aspect = (mask.shape[0] / mask.shape[1]) / (shape[0] / shape[1])
+        if abs(aspect - 1) > MAX_MASK_ASPECT_ERROR:
+            return None, (
+                f"mask {mask.shape[1]}x{mask.shape[0]} does not match image "
+                f"{shape[1]}x{shape[0]} (aspect differs by {abs(aspect - 1):.1%})"
+            )
+        note = f"mask {mask.shape[1]}x{mask.shape[0]} rescaled to image {shape[1]}x{shape[0]}"
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    mask = mask > mask.min()
+    if not mask.any():
+        return None, "ROI mask is empty"
+    return mask, note
+
+
+class SourceImage:
+    """One decoded mammogram, ready to cut model inputs from: windowed to 8 bits
+    (:func:`to_uint8`), its breast found (:func:`breast_mask`) and everything outside the
+    breast (background, burnt-in labels) set to 0. Each enhancement is computed on first use
+    and kept, so an image cut into many tiles is enhanced once per mode.
+
+    Args:
+        decoded: the decoded pixels (bright = dense), of any integer or float type.
+        crop: the pixels are a crop around a finding rather than a mammogram: windowed only,
+            as a crop may hold no background to tell the breast by.
+
+    Raises:
+        UserError: no breast region found (a blank image).
+    """
+
+    def __init__(self, decoded: np.ndarray, *, crop: bool = False):
+        pixels = to_uint8(decoded)
+        if crop:
+            breast = np.ones(pixels.shape, bool)
+        else:
+            breast = breast_mask(pixels)
+            if not breast.any():
+                raise UserError("no breast region found (blank image)")
+            pixels = np.where(breast, pixels, 0).astype(np.uint8)
+        self.pixels = pixels  # uint8, background 0, not enhanced
+        self.breast = breast
+        self._enhanced = {"none": pixels}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in source pixels."""
+        return self.pixels.shape
+
+    def enhanced(self, mode: str) -> np.ndarray:
+        """The pixels with enhancement ``mode`` (see :func:`enhance`), computed once."""
+        if mode not in self._enhanced:
+            self._enhanced[mode] = enhance(self.pixels, mode)
+        return self._enhanced[mode]
+
+
+def model_inputs(
+    image: SourceImage,
+    *,
+    view: str,
+    enhance: str,
+    sizes: tuple[int, ...],
+    box: Box | None = None,
+) -> dict[int, np.ndarray]:
+    """What a model of ``view`` sees of ``image``, as uint8 arrays by size: the tile of
+    ``box`` (view "roi": a ROI or tissue tile, see :func:`cut`) or the whole breast (view
+    "whole", see :func:`whole_image`). prepare and predict both make inputs here.
+
+    Args:
+        enhance: one of :data:`ENHANCEMENTS`.
+        sizes: tile sides (roi) or long sides (whole). A whole image of one size is resized
+            from the next larger size given, so it is reproduced only with the same larger
+            sizes (see :attr:`Preprocessing.sizes`).
+        box: the tile to cut (roi only).
+
+    Raises:
+        ValueError: an unknown view or enhancement, or ``box`` missing for "roi" or given
+            for "whole".
+    """
+    if view not in VIEWS:
+        raise ValueError(unknown_choice("view", view, VIEWS))
+    if view == "roi" and box is None:
+        raise ValueError("a ROI tile needs its box")
+    if view == "whole" and box is not None:
+        raise ValueError("a whole image takes no box")
+    pixels = image.enhanced(enhance)
+    if view == "roi":
+        return cut(pixels, box, sizes)
+    return whole_image(pixels, image.breast, sizes)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Which inputs a model takes: what travels with it from training to predict and export.
+
+    ``context_px`` is the prepared dataset's ROI tile side in source pixels (the tile around
+    a small ROI). ``resized_from`` lists, largest first, the larger whole-image sizes the
+    dataset was prepared with: each whole size is resized from the one above it, so predict
+    must take the same steps to give the same pixels.
+    """
+
+    view: str
+    size: int
+    enhance: str = "none"
+    context_px: int | None = None
+    resized_from: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.view not in VIEWS:
+            raise UserError(unknown_choice("view", self.view, VIEWS))
+        if self.enhance not in ENHANCEMENTS:
+            raise UserError(unknown_choice("enhancement", self.enhance, ENHANCEMENTS))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The ``sizes`` to give :func:`model_inputs` for this model's input."""
+        return (*self.resized_from, self.size)
+
+    @classmethod
+    def from_checkpoint_meta(cls, meta: dict) -> Preprocessing:
+        """From a checkpoint's ``checkpoint.json``: the trial config's view, input size and
+        enhancement, and the dataset's prepare params (``context_px``, ``whole_sizes``).
+
+        Raises:
+            UserError: an unknown view or enhancement.
+        """
+        config = meta["config"]
+        params = meta.get("dataset", {}).get("params", {})
+        view, size = config["view"], int(config["input_size"])
+        larger = (s for s in params.get("whole_sizes", ()) if s > size)
+        return cls(
+            view=view,
+            size=size,
+            enhance=config.get("enhance", "none"),
+            context_px=params.get("context_px"),
+            resized_from=tuple(sorted(larger, reverse=True)) if view == "whole" else (),
+        )
+
+    def to_json(self) -> dict:
+        """A plain dict (for JSON: what a predict result reports)."""
+        return {
+            "view": self.view,
+            "size": self.size,
+            "enhance": self.enhance,
+            "context_px": self.context_px,
+            "resized_from": list(self.resized_from),
+        }

@@ -1,22 +1,29 @@
-"""One image file prepared exactly as ``prepare`` prepares shard tiles, for ``predict``.
+"""One image file as a model's input, for ``predict``: made by the path prepare makes shard
+tiles by (``preprocess.SourceImage`` and ``preprocess.model_inputs``), so a model is fed
+exactly what it was trained on.
 
-DICOM goes through the same decoder as prepare; PNG, PGM, JPEG and TIFF through OpenCV
-(8- or 16-bit). ``whole``: the breast is cropped, the background and labels removed,
-enhanced, and padded to 1.5:1 at the model's size. ``roi``: the file is taken to be a
-region-of-interest crop (for example a radiologist's box) and is enhanced and resized.
+DICOM goes through prepare's decoder; PNG, PGM, JPEG and TIFF through OpenCV (8- or 16-bit).
+``whole``: the file is a mammogram, and the model sees the whole breast. ``roi``: the file is
+a mammogram and the finding is given as a mask file (CBIS-DDSM's ROI mask DICOM, or a PNG;
+fitted to the image as prepare fits masks) or a box, and the model sees prepare's centred
+tile around it; or, with neither, the file is taken to be the finding's crop (for example a
+radiologist's box): windowed, enhanced, cut as the square around the whole file and resized,
+with no breast region looked for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from tuner.data import dicom, preprocess
+from tuner.data.preprocess import Box, Preprocessing, SourceImage
 from tuner.errors import UserError
 
-__all__ = ["read_pixels", "prepare_image"]
+__all__ = ["read_pixels", "model_input"]
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
@@ -47,15 +54,89 @@ def read_pixels(path: str | Path) -> np.ndarray:
     return pixels
 
 
-def prepare_image(path: str | Path, *, view: str, size: int, enhance: str) -> np.ndarray:
-    """``path`` as the uint8 array a model of this view, size and enhancement was trained on."""
-    pixels = preprocess.to_uint8(read_pixels(path))
-    if view == "roi":
-        pixels = preprocess.enhance(pixels, enhance)
-        return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
-    breast = preprocess.breast_mask(pixels)
-    if not breast.any():
-        raise UserError(f"{path}: no breast region found (blank image)")
-    pixels = np.where(breast, pixels, 0).astype(np.uint8)
-    pixels = preprocess.enhance(pixels, enhance)
-    return preprocess.whole_image(pixels, breast, (size,))[size]
+def _mask_from_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    pixels = read_pixels(path)
+    if not preprocess.is_mask(pixels):
+        raise UserError(
+            f"{path} is not a ROI mask (it holds more than two values): give the finding's "
+            "mask file (background and ROI only), not its cropped image"
+        )
+    mask, note = preprocess.fit_mask([pixels], shape)
+    if mask is None:
+        raise UserError(f"{path}: {note}; give the ROI mask made for this mammogram")
+    return mask
+
+
+def _mask_from_box(box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    if len(box) != 4:
+        raise UserError(f"ROI box {list(box)}: give four numbers, x0 y0 x1 y1")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise UserError(
+            f"ROI box {[x0, y0, x1, y1]} does not lie inside the {w}x{h} image: give x0 y0 x1 "
+            f"y1 in its pixels, 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}"
+        )
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def model_input(
+    path: str | Path,
+    preprocessing: Preprocessing,
+    *,
+    roi_mask: str | Path | None = None,
+    roi_box: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """``path`` as the uint8 (height, width) array a model with ``preprocessing`` takes.
+
+    Args:
+        preprocessing: the model's, see :meth:`Preprocessing.from_checkpoint_meta`.
+        roi_mask: ROI view: a mask image file of the finding in the mammogram ``path``.
+        roi_box: ROI view: the finding's box in the mammogram's pixels, x0, y0, x1, y1
+            (ends exclusive). Neither: ``path`` is taken to be the finding's crop.
+
+    Raises:
+        UserError: an unreadable or blank file, a ROI for a whole-view model, both a mask
+            and a box, a mask that does not fit the image, or a box outside it.
+    """
+    view, size, mode = preprocessing.view, preprocessing.size, preprocessing.enhance
+    located = roi_mask is not None or roi_box is not None
+    if roi_mask is not None and roi_box is not None:
+        raise UserError("give the finding as a ROI mask file or as a ROI box, not both")
+    if located and view == "whole":
+        raise UserError(
+            "a ROI was given, but this model classifies whole mammograms (view 'whole'): "
+            "give the mammogram alone"
+        )
+    if located and preprocessing.context_px is None:
+        raise UserError(
+            "this model's preprocessing lacks context_px (its dataset's ROI tile side), so "
+            "its tile cannot be cut: give the finding's crop instead of a ROI"
+        )
+    decoded = read_pixels(path)
+    try:
+        image = SourceImage(decoded, crop=view == "roi" and not located)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    if view == "whole":
+        return preprocess.model_inputs(
+            image, view="whole", enhance=mode, sizes=preprocessing.sizes
+        )[size]
+    if located:
+        if roi_mask is not None:
+            mask = _mask_from_file(roi_mask, image.shape)
+        else:
+            mask = _mask_from_box(roi_box, image.shape)
+        # The centred tile, as prepare cuts for validation and test (no random draw is made).
+        (box,) = preprocess.roi_boxes(
+            mask, context_px=preprocessing.context_px, variants=0, rng=np.random.default_rng(0)
+        )
+    else:
+        h, w = image.shape
+        side = max(h, w)
+        box = Box((h - side) // 2, (w - side) // 2, side)
+    return preprocess.model_inputs(
+        image, view="roi", enhance=mode, sizes=preprocessing.sizes, box=box
+    )[size]

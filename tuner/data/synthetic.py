@@ -10,8 +10,10 @@ files; writing them again into the same folder does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -51,6 +53,29 @@ class SynthParams:
             raise UserError(f"--difficulty {self.difficulty} is out of range; use 0.0 to 1.0")
         if not 0.05 <= self.scale <= 1.0:
             raise UserError(f"--scale {self.scale} is out of range; use 0.05 to 1.0")
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Keep spawned workers from running the caller's script again.
+
+    A spawned process imports the parent's ``__main__`` script before it runs any task:
+    a user's script that calls :func:`synthesize` without an ``if __name__ == "__main__":``
+    guard would then run again, top to bottom, in every worker (and fail). The workers
+    need tuner's own functions only, so the script is hidden from multiprocessing while
+    they start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        if "__file__" in saved:
+            del main.__file__
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
 
 
 def synthesize(
@@ -94,7 +119,9 @@ def synthesize(
         # spawn: safe whatever threads the parent runs (rich, Ray); each child imports once.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for done, item_rows in enumerate(pool.map(writer.render, jobs, chunksize=4), 1):
+            with _main_script_hidden():  # the workers start while map submits the jobs
+                rendered = pool.map(writer.render, jobs, chunksize=4)
+            for done, item_rows in enumerate(rendered, 1):
                 rows.extend(item_rows)
                 if progress:
                     progress(done, len(jobs))

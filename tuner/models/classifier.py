@@ -18,28 +18,36 @@ import torch
 from torch import nn
 
 from tuner.errors import UserError, unknown_choice
-from tuner.models.backbones import create_backbone
+from tuner.models.backbones import create_backbone, get_spec
 from tuner.models.weights import TRANSFERS, load_imagenet_state, load_mias_state
 
 __all__ = ["ModelArgs", "Classifier", "build_model", "stem_blocks"]
 
 logger = logging.getLogger(__name__)
 
-# ImageNet mean/std collapsed to one channel (the mean over RGB), as timm does for in_chans=1.
-GREY_MEAN, GREY_STD = 0.449, 0.226
-
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Everything needed to rebuild a trained model's architecture (saved in checkpoints)."""
+    """Everything needed to rebuild a trained model's architecture (saved in checkpoints).
+
+    ``mean`` and ``std`` (input normalisation) default to what the backbone's registry entry
+    says its weights expect, and are stored resolved, so a checkpoint never depends on
+    the registry's defaults of a later version.
+    """
 
     backbone: str
     num_classes: int
     dropout: float = 0.2
     in_chans: int = 1
-    mean: float = GREY_MEAN
-    std: float = GREY_STD
+    mean: float | None = None
+    std: float | None = None
     stem_blocks: int = 0  # extra conv + pool blocks before the backbone
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            spec = get_spec(self.backbone)  # a UserError naming the registered backbones
+            object.__setattr__(self, "mean", spec.mean if self.mean is None else self.mean)
+            object.__setattr__(self, "std", spec.std if self.std is None else self.std)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,6 @@ import posixpath
 import re
 
 import torch
-import torchvision
 
 from tuner import storage
 from tuner.errors import UserError
@@ -58,15 +57,17 @@ def imagenet_url(backbone: str) -> str:
     Raises:
         UserError: the backbone has no ImageNet weights (a custom network).
     """
-    if not get_spec(backbone).imagenet:
+    spec = get_spec(backbone)
+    if spec.weights_url is None:
         raise UserError(
             f"backbone {backbone} has no ImageNet weights; use transfer 'random' with it"
         )
-    return torchvision.models.get_model_weights(backbone).DEFAULT.url
+    return spec.weights_url
 
 
 def imagenet_filename(backbone: str) -> str:
-    """torchvision's file name for the default ImageNet weights of ``backbone``."""
+    """torchvision's file name for the default ImageNet weights of ``backbone`` (from the
+    registry's metadata)."""
     return posixpath.basename(imagenet_url(backbone))
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ __all__ = [
     "threshold_table",
     "evaluate",
     "write_report",
+    "Level",
+    "Evaluation",
 ]
 
 _CONTEXT = ("patient_id", "image_id", "abnormality_id", "view", "laterality", "variant", "lesion")
@@ -249,6 +251,63 @@ def evaluate(
         report[level] = entry
     report["_predictions"] = levels
     return report
+
+
+@dataclass(frozen=True)
+class Level:
+    """Figures at one level (per image, or per breast)."""
+
+    rows: int
+    metrics: dict[str, float]  # at threshold 0.5 (two classes) or the most probable class
+    intervals_95: dict[str, tuple[float, float]]  # bootstrap, per metric
+    confusion_matrix: list[list[int]]
+    thresholds: list[dict] | None = None  # the threshold table (two classes)
+    target_recall: dict | None = None  # the threshold reaching the recall goal, and its cost
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> Level:
+        return cls(
+            rows=entry["rows"],
+            metrics=entry["metrics"],
+            intervals_95={k: tuple(v) for k, v in entry["intervals_95"].items()},
+            confusion_matrix=entry["confusion_matrix"],
+            thresholds=entry.get("thresholds"),
+            target_recall=entry.get("target_recall"),
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`tuner.evaluate` returns: the figures, and the files written."""
+
+    checkpoints: list[str]
+    data: str
+    split: str
+    classes: list[str]
+    rows: int
+    per_image: Level
+    per_breast: Level | None
+    written: list[str]
+    report: dict = field(repr=False, default_factory=dict)  # report.json's content
+
+    @classmethod
+    def from_report(cls, report: dict, written: list[str]) -> Evaluation:
+        plain = json_safe({k: v for k, v in report.items() if not k.startswith("_")})
+        return cls(
+            checkpoints=list(report["checkpoints"]),
+            data=report["data"],
+            split=report["split"],
+            classes=list(report["classes"]),
+            rows=report["rows"],
+            per_image=Level.from_entry(report["per_image"]),
+            per_breast=Level.from_entry(report["per_breast"]) if "per_breast" in report else None,
+            written=list(written),
+            report=plain,
+        )
+
+    def to_dict(self) -> dict:
+        """The JSON report (as ``report.json``)."""
+        return self.report
 
 
 def json_safe(value):

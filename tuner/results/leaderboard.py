@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tuner import storage
 from tuner.errors import UserError
@@ -17,13 +20,106 @@ from tuner.search.experiment import (
     trial_checkpoints,
     trial_results,
     trial_states,
+    trial_status,
 )
 from tuner.training.metrics import best_first
 
-__all__ = ["leaderboard", "PRODUCT_DIMENSIONS", "download_checkpoint"]
+__all__ = [
+    "PRODUCT_DIMENSIONS",
+    "Trial",
+    "Leaderboard",
+    "Status",
+    "leaderboard",
+    "status",
+    "download_checkpoint",
+    "pareto_front",
+]
 
 # The five dimensions of the published study: leaderboard columns whether searched or fixed.
 PRODUCT_DIMENSIONS = ("backbone", "class_weight", "dropout", "input_size", "transfer")
+# What a trial's best epoch keeps of its reported row.
+_KEPT = ("val_", "train_loss", "epoch", "inference_ms", "params_m")
+
+
+@dataclass
+class Trial:
+    """One trial of a search, as storage records it.
+
+    Attributes:
+        trial_id: Tune's trial id (its folder is ``trial_<id>``).
+        status: pending, running, paused, done (all epochs), stopped (early), errored.
+        epochs: epochs it reported.
+        failures: failed attempts, retried or not.
+        nodes: Ray node ids that ran it.
+        config: its searched and fixed settings.
+        metrics: what its best epoch (by the search's metric) reported.
+        value: the search's metric at that epoch (None before its first epoch).
+        checkpoint: URL of its best kept checkpoint, or None.
+        error: the reason it errored, or None.
+        pareto: on the Pareto front of a multi-objective search.
+    """
+
+    trial_id: str
+    status: str
+    epochs: int
+    failures: int
+    nodes: list[str]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    value: float | None
+    checkpoint: str | None
+    error: str | None = None
+    pareto: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Leaderboard:
+    """Every trial of an experiment, best first by the search's metric."""
+
+    experiment: str
+    metric: str
+    mode: str
+    objectives: list[dict[str, str]]  # [{"name", "mode"}]: one, or several (multi-objective)
+    max_epochs: int
+    planned_trials: int | None
+    dimensions: list[str]
+    trials: list[Trial]
+    best: Trial | None  # the best trial that has a checkpoint
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def pareto(self) -> list[Trial]:
+        """The trials no other trial beats on every objective (multi-objective searches)."""
+        return [t for t in self.trials if t.pareto]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Status:
+    """Progress of a search, read from storage alone."""
+
+    experiment: str
+    planned_trials: int | None
+    started_trials: int
+    finished: int
+    running: int  # running, pending or paused
+    errored: int
+    by_status: dict[str, int]
+    failures: int  # failed attempts, retried or not
+    metric: str
+    best: Trial | None
+    errors: dict[str, str] = field(default_factory=dict)  # trial id -> reason
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _best(items, key, mode: str):
@@ -35,7 +131,7 @@ def _read_json(fs, path: str):
     return json.loads(fs.cat_file(path))
 
 
-def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> dict:
+def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> Trial:
     metric, mode = meta["metric"], meta["mode"]
     config = _read_json(fs, f"{folder}/params.json") if fs.exists(f"{folder}/params.json") else {}
     epochs = trial_results(fs, folder)
@@ -50,30 +146,49 @@ def _read_trial(fs, folder: str, meta: dict, state: str, failures: int = 0) -> d
         state = "ERROR"
         error = _error_reason(fs.cat_file(f"{folder}/error.txt").decode(errors="replace"))
     settings = {**meta["space"].get("fixed", {}), **meta["space"]["space"]}
-    return {
-        "trial_id": posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
-        "status": _status(state, len(epochs), meta["max_epochs"]),
-        "epochs": len(epochs),
-        "failures": failures,
-        "nodes": sorted({row["node_id"] for row in epochs if row.get("node_id")}),
-        "config": {k: v for k, v in config.items() if k in settings},
-        "error": error,
-        "best": {
-            k: v for k, v in best_epoch.items() if k.startswith(("val_", "train_loss", "epoch"))
-        },
-        "checkpoint": checkpoint[0] if checkpoint else None,
-    }
+    return Trial(
+        trial_id=posixpath.basename(folder.rstrip("/")).removeprefix("trial_"),
+        status=trial_status(state, len(epochs), meta["max_epochs"]),
+        epochs=len(epochs),
+        failures=failures,
+        nodes=sorted({row["node_id"] for row in epochs if row.get("node_id")}),
+        config={k: v for k, v in config.items() if k in settings},
+        metrics={k: v for k, v in best_epoch.items() if k.startswith(_KEPT)},
+        value=best_epoch.get(metric),
+        checkpoint=checkpoint[0] if checkpoint else None,
+        error=error,
+    )
 
 
-def leaderboard(experiment: str) -> dict:
-    """Every trial of an experiment with its best epoch, ranked by the search's metric.
+def pareto_front(points: list[tuple[float, ...]], modes: list[str]) -> list[bool]:
+    """Which points no other point dominates (at least as good on every objective, better on
+    one), each objective maximised or minimised as ``modes`` says."""
+    signs = [1.0 if m == "max" else -1.0 for m in modes]
+    keyed = [tuple(s * v for s, v in zip(signs, p, strict=True)) for p in points]
+    front = []
+    for i, p in enumerate(keyed):
+        dominated = any(
+            all(a >= b for a, b in zip(q, p, strict=True)) and q != p
+            for j, q in enumerate(keyed)
+            if j != i
+        )
+        front.append(not dominated)
+    return front
 
-    Returns:
-        ``{"experiment", "metric", "mode", "dimensions", "trials": [...], "best": trial or
-        None}``; each trial has ``trial_id``, ``status``, ``epochs``, ``failures`` (failed
-        attempts, retried or not), ``nodes`` (Ray node ids that ran it), ``config``,
-        ``best`` (metrics of its best epoch) and ``checkpoint`` (URL of its best kept
-        checkpoint).
+
+def _mark_pareto(trials: list[Trial], objectives: list[dict]) -> None:
+    names = [o["name"] for o in objectives]
+    scored = [t for t in trials if all(isinstance(t.metrics.get(n), int | float) for n in names)]
+    points = [tuple(float(t.metrics[n]) for n in names) for t in scored]
+    for trial, on_front in zip(
+        scored, pareto_front(points, [o["mode"] for o in objectives]), strict=True
+    ):
+        trial.pareto = on_front
+
+
+def leaderboard(experiment: str) -> Leaderboard:
+    """Every trial of an experiment with its best epoch, ranked by the search's metric; in
+    a multi-objective search, the trials on the Pareto front are marked.
 
     Raises:
         UserError: ``experiment`` holds no mammotune experiment.
@@ -94,32 +209,50 @@ def leaderboard(experiment: str) -> dict:
         if name.startswith("trial_") and fs.isdir(folder):
             state, failures = states.get(name.removeprefix("trial_"), ("", 0))
             trial = _read_trial(fs, folder, meta, state, failures)
-            if trial["checkpoint"]:
-                relative = posixpath.relpath(trial["checkpoint"], path)
-                trial["checkpoint"] = storage.join(experiment, relative)
+            if trial.checkpoint:
+                relative = posixpath.relpath(trial.checkpoint, path)
+                trial.checkpoint = storage.join(experiment, relative)
             trials.append(trial)
     metric, mode = meta["metric"], meta["mode"]
+    objectives = meta.get("objectives") or [{"name": metric, "mode": mode}]
+    if len(objectives) > 1:
+        _mark_pareto(trials, objectives)
+    ranked = sorted(trials, key=lambda trial: best_first(trial.value, mode))
+    return Leaderboard(
+        experiment=experiment,
+        metric=metric,
+        mode=mode,
+        objectives=objectives,
+        max_epochs=meta["max_epochs"],
+        planned_trials=meta["space"].get("trials"),
+        dimensions=_dimensions(meta["space"]),
+        trials=ranked,
+        best=next((t for t in ranked if t.checkpoint), None),
+    )
 
-    ranked = sorted(trials, key=lambda trial: best_first(trial["best"].get(metric), mode))
-    return {
-        "experiment": experiment,
-        "metric": metric,
-        "mode": mode,
-        "max_epochs": meta["max_epochs"],
-        "planned_trials": meta["space"].get("trials"),
-        "dimensions": _dimensions(meta["space"]),
-        "trials": ranked,
-        "best": next((t for t in ranked if t["checkpoint"]), None),
-    }
 
+def status(experiment: str) -> Status:
+    """Trials started of planned, finished, running, errored, failed attempts, the best so
+    far and each errored trial's reason, from storage alone (no cluster needed).
 
-def _status(tune_status: str, epochs: int, max_epochs: int) -> str:
-    """Tune's trial status in the words of a search: ASHA-stopped trials are TERMINATED
-    before the last epoch."""
-    if tune_status == "TERMINATED":
-        return "done" if epochs >= max_epochs else "stopped"
-    names = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}
-    return names.get(tune_status, tune_status.lower() or "unknown")
+    Raises:
+        UserError: ``experiment`` holds no mammotune experiment.
+    """
+    board = leaderboard(experiment)
+    counts = Counter(t.status for t in board.trials)
+    return Status(
+        experiment=board.experiment,
+        planned_trials=board.planned_trials,
+        started_trials=len(board.trials),
+        finished=counts["done"] + counts["stopped"],
+        running=counts["running"] + counts["pending"] + counts["paused"],
+        errored=counts["errored"],
+        by_status=dict(counts),
+        failures=sum(t.failures for t in board.trials),
+        metric=board.metric,
+        best=board.best,
+        errors={t.trial_id: t.error for t in board.trials if t.error},
+    )
 
 
 def _dimensions(space: dict) -> list[str]:

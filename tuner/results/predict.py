@@ -1,35 +1,70 @@
-"""``mammotune predict``: class probabilities for image files, with the checkpoint's own
-preprocessing (view, size and enhancement as it was trained)."""
+"""``mammotune predict``: class probabilities for image files, each made into the model's input
+by the path prepare made its training tiles by (``tuner.data.single.model_input``), with the
+checkpoint's own preprocessing (view, size, enhancement and ROI tile context as trained).
+
+A ROI-view model takes a full mammogram plus where the finding is (a mask file or a box) and
+sees prepare's tile around it; given a file alone, it takes the file to be the finding's crop.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from tuner.data.single import prepare_image
+from tuner.data.preprocess import Preprocessing
+from tuner.data.single import model_input
+from tuner.errors import UserError
 from tuner.training.checkpoint import load_checkpoint
 
 __all__ = ["predict_files"]
 
 
 @torch.no_grad()
-def predict_files(checkpoint: str, files: list[str], *, threshold: float = 0.5) -> dict:
+def predict_files(
+    checkpoint: str,
+    files: list[str],
+    *,
+    threshold: float = 0.5,
+    roi_mask: str | Path | None = None,
+    roi_box: tuple[int, int, int, int] | None = None,
+) -> dict:
     """Probabilities per class for each file, and the predicted class.
 
     For two classes the prediction is the positive class when its probability reaches
     ``threshold`` (pick one from ``evaluate``'s threshold table, e.g. for 0.90 recall); for
     more classes it is the most probable class.
 
+    Args:
+        roi_mask: ROI-view models: a mask image file of the finding in the one file given.
+        roi_box: ROI-view models: the finding's box in the one file's pixels, x0, y0, x1,
+            y1 (ends exclusive). With neither, a ROI-view model takes each file to be the
+            finding's crop.
+
+    Returns:
+        checkpoint, task, preprocessing (see :class:`Preprocessing`), threshold, and per
+        file: probabilities, predicted class and ``roi``, what the model's tile was cut
+        around: "mask", "box", "whole file" (the file as the crop), or None (whole view).
+
     Raises:
-        UserError: an unreadable checkpoint or image file.
+        UserError: an unreadable checkpoint or image file, or a ROI that does not apply
+            (see :func:`tuner.data.single.model_input`) or comes with more than one file.
     """
+    roi = "mask" if roi_mask is not None else "box" if roi_box is not None else None
+    if roi and len(files) != 1:
+        raise UserError(
+            f"a ROI belongs to one mammogram, but {len(files)} files were given: "
+            "predict one file at a time with its ROI mask or box"
+        )
     model, meta, _ = load_checkpoint(checkpoint)
-    config = meta["config"]
+    preprocessing = Preprocessing.from_checkpoint_meta(meta)
+    if roi is None and preprocessing.view == "roi":
+        roi = "whole file"
     classes = meta["task"]["classes"]
-    view, size, enhance = config["view"], config["input_size"], config.get("enhance", "none")
     results = []
     for path in files:
-        pixels = prepare_image(path, view=view, size=size, enhance=enhance)
+        pixels = model_input(path, preprocessing, roi_mask=roi_mask, roi_box=roi_box)
         probabilities = torch.softmax(model(torch.from_numpy(pixels)[None, None]), dim=1)[0]
         p = probabilities.numpy().astype(float)
         if len(classes) == 2:
@@ -41,12 +76,13 @@ def predict_files(checkpoint: str, files: list[str], *, threshold: float = 0.5) 
                 "file": str(path),
                 "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
                 "predicted": predicted,
+                "roi": roi,
             }
         )
     return {
         "checkpoint": checkpoint,
         "task": meta["task"]["name"],
-        "preprocessing": {"view": view, "size": size, "enhance": enhance},
+        "preprocessing": preprocessing.to_json(),
         "threshold": threshold if len(classes) == 2 else None,
         "predictions": results,
     }

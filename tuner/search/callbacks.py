@@ -9,22 +9,14 @@ from collections import Counter
 
 from ray.tune import Callback
 
+from tuner.search.experiment import TRIAL_STATES, trial_status
 from tuner.search.retention import prune_checkpoints
 from tuner.telemetry import record_search
 from tuner.training.metrics import is_better
 
-__all__ = ["Telemetry", "TrialTable", "CheckpointRetention", "STATES"]
+__all__ = ["Telemetry", "TrialTable", "CheckpointRetention"]
 
 logger = logging.getLogger(__name__)
-
-# Tune's trial states in the words of a search.
-STATES = {
-    "PENDING": "pending",
-    "RUNNING": "running",
-    "PAUSED": "paused",
-    "TERMINATED": "finished",
-    "ERROR": "errored",
-}
 
 
 class _SearchView(Callback):
@@ -41,8 +33,8 @@ class _SearchView(Callback):
             self.best, self.best_trial = float(value), trial.trial_id
 
     def states(self, trials) -> dict[str, int]:
-        counts = Counter(STATES.get(t.status, t.status.lower()) for t in trials)
-        return {state: counts.get(state, 0) for state in STATES.values()}
+        counts = Counter(trial_status(t.status) for t in trials)
+        return {state: counts.get(state, 0) for state in TRIAL_STATES.values()}
 
 
 class Telemetry(_SearchView):
@@ -98,7 +90,7 @@ class TrialTable(_SearchView):
             node = str(result.get("node_id", ""))[:8] or "-"
             table.add_row(
                 trial.trial_id,
-                STATES.get(trial.status, trial.status.lower()),
+                trial_status(trial.status),
                 node,
                 str(getattr(trial, "num_failures", 0)),
                 *(_cell(trial.config.get(c)) for c in self.columns),

@@ -17,10 +17,33 @@ _REWRITE_S = 0.5  # time to wait for a snapshot caught half written
 __all__ = [
     "EXPERIMENT_FILE",
     "EXPERIMENT_FORMAT",
+    "TRIAL_STATES",
+    "trial_status",
     "trial_states",
     "trial_results",
     "trial_checkpoints",
 ]
+
+
+# Tune's trial states in the words of a search: the one mapping the live table, the
+# dashboards' ``mammotune_trials{state}``, the leaderboard and ``status`` use.
+TRIAL_STATES = {
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "PAUSED": "paused",
+    "TERMINATED": "finished",
+    "ERROR": "errored",
+}
+
+
+def trial_status(tune_status: str, epochs: int | None = None, max_epochs: int | None = None) -> str:
+    """A Tune trial status in the words of :data:`TRIAL_STATES`; given the epochs it ran,
+    a finished trial is ``done`` (all its epochs) or ``stopped`` (early: the scheduler or its
+    patience stopped it)."""
+    word = TRIAL_STATES.get(tune_status, tune_status.lower() or "unknown")
+    if word == "finished" and epochs is not None and max_epochs is not None:
+        return "done" if epochs >= max_epochs else "stopped"
+    return word
 
 
 def trial_states(fs, path: str) -> dict[str, tuple[str, int]]:

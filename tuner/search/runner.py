@@ -1,5 +1,6 @@
 """The search runner: a space file, a prepared dataset and an experiment URL become a Ray Tune
-run with OptunaSearch (TPE, seeded, persistent study) and ASHA early stopping.
+run with OptunaSearch (the space's sampler, seeded, persistent study) and the space's
+scheduler (ASHA by default).
 
 Everything that can be checked on the driver is checked before the first trial starts: the
 space, the dataset and its tile sizes, the weights, and the experiment location.
@@ -16,13 +17,14 @@ from dataclasses import dataclass
 
 import tuner
 from tuner import storage
-from tuner.config import Categorical, Resources, SearchSpace
+from tuner.config import Categorical, SearchSpace, apply_overrides
 from tuner.data.stream import load_manifest, split_entry
 from tuner.errors import UserError
 from tuner.models.weights import find_transfer_weights
-from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT
+from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT, trial_states
 from tuner.search.retention import prune_checkpoints
 from tuner.search.space import DefineByRun, check_space
+from tuner.search.strategies import build_sampler, build_scheduler
 from tuner.training.config import TrialConfig
 from tuner.training.trainable import train_trial
 
@@ -85,15 +87,11 @@ def plan_search(
             metric, or an experiment location that already holds something or cannot be
             written.
     """
+    given = {"trials": trials, "resources.cpu": cpus, "resources.gpu": gpus}
+    given = {key: value for key, value in given.items() if value is not None}
+    if given:  # checked like the file's own settings (trials >= 1, whole or fractional GPUs)
+        space = apply_overrides(space, given, space_file)
     check_space(space, space_file)
-    if trials is not None:
-        space = space.model_copy(update={"trials": trials})
-    if cpus is not None or gpus is not None:
-        resources = Resources(
-            cpu=space.resources.cpu if cpus is None else cpus,
-            gpu=space.resources.gpu if gpus is None else gpus,
-        )
-        space = space.model_copy(update={"resources": resources})
     manifest = load_manifest(data)
     for size in space.input_sizes():
         for enhance in space.values("enhance", TrialConfig().enhance):
@@ -187,7 +185,6 @@ def run_search(
     *,
     verbose: int = 1,
     max_failures: int = 1,
-    sampler: str = "tpe",
     trainable=None,
     stop=None,
     callbacks=None,
@@ -196,12 +193,13 @@ def run_search(
 ):
     """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
 
+    The space names the sampler (``sampler: {type: tpe}`` by default, seeded) and the
+    scheduler (``scheduler: {type: asha}`` by default); see :mod:`tuner.search.strategies`.
+
     Args:
         max_failures: retries of a trial that errored (a dead worker, a lost node) from its
             last checkpoint; a trial that still fails ends as errored and Optuna records it
             as failed.
-        sampler: "tpe" (seeded TPE, the default) or "random" (Optuna's seeded random
-            sampler: the baseline ``benchmarks/search_efficiency.py`` compares against).
         trainable, stop, callbacks: another function trainable, a Tune stopper and Tune
             callbacks (the search-efficiency benchmark runs a simulated trainable through
             this same machinery).
@@ -211,12 +209,13 @@ def run_search(
     """
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.search.searcher import TrialRecordingSearch
 
     _tune_environment()
     space = plan.space
+    objectives = space.objectives
     storage.write_json(
         storage.join(plan.experiment, EXPERIMENT_FILE),
         {
@@ -230,36 +229,30 @@ def run_search(
             "study": {"storage": plan.study_storage, "name": posixpath.basename(plan.experiment)},
             "metric": space.metric,
             "mode": space.mode,
+            "objectives": [o.model_dump() for o in objectives],
             "max_epochs": plan.max_epochs,
         },
     )
     name = posixpath.basename(plan.experiment)
-    searcher = OptunaSearch(
+    multi = space.multi_objective
+    searcher = TrialRecordingSearch(
         DefineByRun(space, plan.constants),
-        metric=space.metric,
-        mode=space.mode,
-        sampler=(
-            optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=space.tpe.n_startup_trials)
-            if sampler == "tpe"
-            else optuna.samplers.RandomSampler(seed=space.seed)
-        ),
+        metric=[o.name for o in objectives] if multi else space.metric,
+        mode=[o.mode for o in objectives] if multi else space.mode,
+        sampler=build_sampler(space),
         study_name=name,
         storage=optuna.storages.RDBStorage(plan.study_storage),
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=plan.max_epochs,
-        grace_period=min(space.asha.grace_period, plan.max_epochs),
-        reduction_factor=space.asha.reduction_factor,
     )
     filesystem, parent = storage.pyarrow_filesystem(posixpath.dirname(plan.experiment))
     tuner_ = tune.Tuner(
         _trainable(space, trainable),
         tune_config=tune.TuneConfig(
-            metric=space.metric,
-            mode=space.mode,
+            # Several metrics: the searcher holds them, and the scheduler is FIFO
+            # (check_strategies), which ranks nothing.
+            metric=None if multi else space.metric,
+            mode=None if multi else space.mode,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
-            scheduler=scheduler,
+            scheduler=build_scheduler(space, plan.max_epochs),
             num_samples=space.trials,
             trial_dirname_creator=_trial_dirname,
             reuse_actors=reuse_actors,
@@ -282,13 +275,15 @@ def run_search(
             verbose=0 if console is not None else verbose,
         ),
     )
-    return _fit_and_prune(tuner_, plan.experiment, space)
+    study = {"storage": plan.study_storage, "name": name}
+    return _fit_and_prune(tuner_, plan.experiment, space, study)
 
 
-def _fit_and_prune(tuner_, experiment: str, space: SearchSpace):
+def _fit_and_prune(tuner_, experiment: str, space: SearchSpace, study: dict):
     """Run the search, then prune what its last snapshot records as finished (trials that
-    finished after the retention callback's last check)."""
+    finished after the retention callback's last check) and close the study's orphans."""
     results = tuner_.fit()
+    _close_study(study, experiment, space.trials)
     try:
         prune_checkpoints(
             experiment, metric=space.metric, mode=space.mode, keep=space.keep_checkpoints
@@ -362,29 +357,43 @@ def resume_search(experiment: str):
         storage_filesystem=filesystem,
     )
     _fail_orphans(meta["study"], experiment)
-    return _fit_and_prune(tuner_, experiment, space)
+    return _fit_and_prune(tuner_, experiment, space, meta["study"])
 
 
-def _fail_orphans(study: dict, experiment: str) -> None:
-    """Mark as failed the Optuna trials left running by a killed driver."""
+def _close_study(study: dict, experiment: str, planned: int) -> None:
+    """Once the search has run all its trials and Tune's snapshot records every one as
+    finished or errored, no Tune trial can report to an Optuna trial any more: fail those
+    still running (orphans of a killed driver, including from experiments written before
+    Optuna trials named their Tune trial)."""
     import optuna
 
+    fs, path = storage.filesystem(experiment)
+    states = trial_states(fs, path)
+    if len(states) < planned or any(s not in ("TERMINATED", "ERROR") for s, _ in states.values()):
+        return
     storage_ = optuna.storages.RDBStorage(study["storage"])
     study_id = storage_.get_study_id_from_name(study["name"])
-    known = _searcher_trial_numbers(experiment)
     for trial in storage_.get_all_trials(study_id, deepcopy=False):
-        if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in known:
+        if trial.state == optuna.trial.TrialState.RUNNING:
             storage_.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
-def _searcher_trial_numbers(experiment: str) -> set[int]:
-    """Optuna trial numbers the searcher's last snapshot knows (Tune restores from it)."""
-    import pickle
+def _fail_orphans(study: dict, experiment: str) -> None:
+    """Mark as failed the Optuna trials a killed driver left running that no resumed Tune
+    trial will finish: those whose Tune trial the snapshot does not record as unfinished.
+
+    Read from the study (each Optuna trial names its Tune trial) and Tune's JSON snapshot;
+    nothing is unpickled. Trials of experiments from before that record are left alone.
+    """
+    import optuna
+
+    from tuner.search.searcher import TUNE_TRIAL_ATTR
 
     fs, path = storage.filesystem(experiment)
-    snapshots = sorted(fs.glob(posixpath.join(path, "searcher-state-*.pkl")))
-    if not snapshots:
-        return set()
-    # Tune's own snapshot of OptunaSearch, which it unpickles too.
-    state = pickle.loads(fs.cat_file(snapshots[-1]))
-    return {trial.number for trial in state.get("_ot_trials", {}).values()}
+    resuming = {tid for tid, (state, _) in trial_states(fs, path).items() if state != "TERMINATED"}
+    storage_ = optuna.storages.RDBStorage(study["storage"])
+    study_id = storage_.get_study_id_from_name(study["name"])
+    for trial in storage_.get_all_trials(study_id, deepcopy=False):
+        tune_id = trial.user_attrs.get(TUNE_TRIAL_ATTR)
+        if trial.state == optuna.trial.TrialState.RUNNING and tune_id and tune_id not in resuming:
+            storage_.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

@@ -17,6 +17,7 @@ from tuner.data.tasks import get_task
 from tuner.errors import UserError, unknown_choice
 from tuner.models.backbones import get_spec
 from tuner.models.classifier import stem_blocks
+from tuner.search.strategies import check_strategies
 from tuner.training.config import CATEGORICAL_ONLY, SEARCHABLE, WHOLE_NUMBERS, TrialConfig
 from tuner.training.trainable import REPORTED_METRICS
 
@@ -45,10 +46,12 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
         get_task(space.task)
     except UserError as exc:
         raise UserError(f"{source}: task: {exc}") from None
-    if space.metric not in REPORTED_METRICS:
-        raise UserError(
-            f"{source}: metric: {unknown_choice('metric', space.metric, REPORTED_METRICS)}"
-        )
+    for i, objective in enumerate(space.objectives):
+        if objective.name not in REPORTED_METRICS:
+            where = f"metrics[{i}].name" if space.metrics else "metric"
+            message = unknown_choice("metric", objective.name, REPORTED_METRICS)
+            raise UserError(f"{source}: {where}: {message}")
+    check_strategies(space, source)
     for section, names in (("fixed", space.fixed), ("space", space.space)):
         for name in names:
             if name not in SEARCHABLE:

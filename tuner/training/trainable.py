@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import tuner
+from tuner.data.preprocess import whole_shape
 from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.models.classifier import ModelArgs, build_model
@@ -42,6 +43,7 @@ __all__ = [
     "class_weights",
     "make_optimizer",
     "set_phase",
+    "model_cost",
     "train_trial",
 ]
 
@@ -55,6 +57,8 @@ REPORTED_METRICS = (
     "val_specificity",
     "val_f1",
     "train_loss",
+    "inference_ms",  # batch-1 forward time on the trial's device (for multi-objective spaces)
+    "params_m",  # millions of parameters
 )
 
 
@@ -216,6 +220,41 @@ def set_phase(model, optimizer: torch.optim.Optimizer, cfg: TrialConfig, epoch: 
     return "head" if head else "all"
 
 
+@torch.no_grad()
+def model_cost(
+    model: nn.Module,
+    shape: tuple[int, int],
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    repeats: int = 5,
+) -> dict:
+    """What serving the model costs: batch-1 forward time in milliseconds on ``device`` (the
+    median of ``repeats`` timed passes after a warm-up, in eval mode and the trial's
+    precision) and its parameters in millions.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    tiles = _to_device(torch.zeros((1, 1, *shape), dtype=torch.uint8), device)
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        with _autocast(device, precision):
+            model(tiles)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first pass warms caches and kernels up
+            times.append(time.perf_counter() - started)
+    model.train(was_training)
+    return {
+        "inference_ms": float(np.median(times)) * 1000.0,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
 def _cpus() -> int:
     import ray
 
@@ -304,6 +343,8 @@ def train_trial(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])  # moves its state to the model's device
 
     node_id = _node_id()
+    shape = whole_shape(cfg.input_size) if cfg.view == "whole" else (cfg.input_size,) * 2
+    cost = model_cost(model, shape, device=device, precision=cfg.precision)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         phase = set_phase(model, optimizer, cfg, epoch)
@@ -336,6 +377,7 @@ def train_trial(config: dict) -> None:
             "epoch_seconds": time.perf_counter() - started,
             "node_id": node_id,  # which Ray node ran this epoch (restarts may move a trial)
             "early_stopped": stop,
+            **cost,
         }
         context = tune.get_context()
         record_epoch(

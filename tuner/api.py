@@ -1,0 +1,627 @@
+"""The Python API: every capability of mammotune as a function or an object.
+
+``import tuner`` re-exports these names (lazily: nothing heavy is imported until a name is
+used). The ``mammotune`` command line and the quickstart are thin faces over the same calls:
+keyword options mirror the command-line flags (``--context-px 150`` is ``context_px=150``).
+User mistakes raise :class:`tuner.UserError` with one line naming the problem and the fix,
+before anything is written.
+
+Functions that run long work take ``log``, a callable that receives progress lines (for
+example ``print``); by default they go to the ``tuner`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import UserError
+
+if TYPE_CHECKING:
+    from tuner.config import SearchSpace
+    from tuner.data.dataset import Dataset, Synthetic
+    from tuner.results.evaluate import Evaluation
+    from tuner.results.experiment import Experiment
+
+__all__ = [
+    "synth",
+    "prepare",
+    "load_space",
+    "presets",
+    "search",
+    "evaluate",
+    "predict",
+    "Prediction",
+    "Predictions",
+    "pretrain_mias",
+    "Pretrained",
+    "fetch_weights",
+    "submit",
+    "Job",
+]
+
+logger = logging.getLogger("tuner")
+Log = Callable[[str], None]
+
+
+def _log(log: Log | None) -> Log:
+    return log or logger.info
+
+
+def _require(call: str, **arguments: Any) -> None:
+    """A missing required argument as one UserError naming it (not a TypeError)."""
+    missing = [name for name, value in arguments.items() if value is None]
+    if missing:
+        raise UserError(f"{call} needs {', '.join(f'{name}=' for name in missing)}")
+
+
+def _url(value: Any) -> str:
+    """A URL or path given as str, Path, Dataset or Experiment."""
+    return str(getattr(value, "url", value))
+
+
+def _sizes(value: int | str | Sequence[int], what: str) -> tuple[int, ...]:
+    """Sizes given as 224, "224,299" or [224, 299]."""
+    items = (
+        value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else value
+    )
+    try:
+        return tuple(sorted({int(item) for item in items if str(item).strip()}))
+    except (TypeError, ValueError):
+        raise UserError(f"{what}={value!r}: give whole numbers, e.g. [224, 299]") from None
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------- data
+def synth(
+    out: str | Path,
+    *,
+    format: str = "cbis-ddsm",
+    layout: str = "csv",
+    patients: int = 200,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    scale: float = 0.25,
+    progress: Callable[[int, int], None] | None = None,
+) -> Synthetic:
+    """Write a synthetic dataset in the layout of a real download (``mammotune synth``).
+
+    Args:
+        out: a new folder or URL.
+        format: "cbis-ddsm" (DICOM + the four CSVs) or "mini-mias" (PGM + Info.txt).
+        layout: CBIS-DDSM files where the CSVs' paths say ("csv") or where a TCIA download
+            puts them ("archive").
+        patients, seed, difficulty, scale: how many, which, how subtle (0-1), and the
+            fraction of real CBIS-DDSM resolution.
+        progress: called with ``(done, total)`` as images are written.
+
+    Returns:
+        What was written (``reused`` when ``out`` already held it, made the same way).
+
+    Raises:
+        UserError: bad settings, or ``out`` holds something else.
+    """
+    from tuner.data.dataset import Synthetic
+    from tuner.data.synthetic import SynthParams, synthesize
+
+    _require("synth", out=out)
+    params = SynthParams(
+        patients=patients,
+        seed=seed,
+        difficulty=difficulty,
+        scale=scale,
+        format=format,
+        layout=layout,
+    )
+    summary = synthesize(str(out), params, progress=progress)
+    return Synthetic.from_summary(str(out), summary)
+
+
+def prepare(
+    source: str | Path | Synthetic,
+    out: str | Path,
+    *,
+    source_kind: str | None = None,
+    views: str | Sequence[str] = ("roi",),
+    sizes: int | Sequence[int] = (224,),
+    whole_sizes: int | Sequence[int] = (512,),
+    enhance: str | Sequence[str] = ("none",),
+    context_px: int | None = None,
+    train_variants: int = 4,
+    tissue_tiles: int = 1,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    address: str | None = None,
+    log: Log | None = None,
+) -> Dataset:
+    """Turn a CBIS-DDSM or mini-MIAS folder into tile shards + ``manifest.json`` at ``out``,
+    in parallel on Ray (``mammotune prepare``).
+
+    Args:
+        source: the download (or :func:`synth`'s result); its kind is recognised from its
+            files unless ``source_kind`` ("cbis-ddsm", "mini-mias") says.
+        out: a new folder or URL (local path, file://, s3://, memory://).
+        views: "roi" and/or "whole".
+        sizes, whole_sizes: ROI tile sides; whole-image long sides.
+        enhance: "none", "equalize", "clahe" (one or several).
+        context_px: ROI tile side in source pixels (default: the source's own, 598 on
+            CBIS-DDSM).
+        train_variants, tissue_tiles: random crops per training ROI; tissue tiles per image.
+        val_fraction, test_fraction, seed: the patient split.
+        address: a Ray cluster (default: a local Ray in this process).
+        log: receives progress lines.
+
+    Returns:
+        The dataset (``reused`` when ``out`` already held exactly it: nothing was done).
+
+    Raises:
+        UserError: a missing or unrecognised source, bad settings, an unreachable or
+            forbidden bucket, or ``out`` holds something else.
+    """
+    from tuner.cluster import connect
+    from tuner.data.dataset import Dataset
+    from tuner.data.prepare import PrepareParams, plan_prepare, run_prepare
+
+    _require("prepare", source=source, out=out)
+    emit = _log(log)
+    params = PrepareParams(
+        views=_names(views),
+        sizes=_sizes(sizes, "sizes"),
+        whole_sizes=_sizes(whole_sizes, "whole_sizes"),
+        enhance=_names(enhance),
+        context_px=context_px,
+        train_variants=train_variants,
+        tissue_tiles=tissue_tiles,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    plan = plan_prepare(_url(source), str(out), params, kind=source_kind)  # before Ray
+    if plan.existing is None:
+        images = sum(len(c["images"]) for c in plan.chunks)
+        skipped = f" ({len(plan.skipped)} inputs skipped)" if plan.skipped else ""
+        emit(
+            f"{plan.kind} at {plan.source}: {images} images in {len(plan.chunks)} chunks -> "
+            f"{plan.out}{skipped}"
+        )
+        dashboard = connect(address)
+        if dashboard:
+            emit(f"Ray dashboard: {dashboard}")
+    manifest = run_prepare(plan)
+    return Dataset.from_manifest(plan.out, manifest, reused=bool(manifest.get("reused")))
+
+
+# ---------------------------------------------------------------------------- search
+def presets() -> dict[str, str]:
+    """The search-space presets shipped with the package: name -> description."""
+    from tuner._presets import presets as shipped
+
+    return shipped()
+
+
+def load_space(
+    space: str | Path | SearchSpace,
+    overrides: dict[str, Any] | None = None,
+) -> SearchSpace:
+    """A search space, checked: a preset name (``"quick"``, see :func:`presets`), a YAML
+    file, or a :class:`SearchSpace`, with ``overrides`` (the dict form of ``--set``, e.g.
+    ``{"epochs": 1, "backbone": ["resnet18"], "sampler.type": "gp"}``).
+
+    Raises:
+        UserError: an unknown preset, a file that breaks the schema, an unknown setting,
+            sampler, scheduler or metric (naming the file, the key and the allowed values).
+    """
+    space, _ = _space_and_source(space, overrides)
+    return space
+
+
+def _space_and_source(space, overrides) -> tuple[SearchSpace, str]:
+    from tuner._presets import resolve_space
+    from tuner.config import SearchSpace, apply_overrides
+    from tuner.config import load_space as load_file
+    from tuner.search.space import check_space
+
+    _require("load_space", space=space)
+    if isinstance(space, SearchSpace):
+        loaded, source = space, f"search space {space.name}"
+    else:
+        path = resolve_space(str(space))
+        loaded, source = load_file(path), str(path)
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise UserError("overrides must be a dict such as {'epochs': 2}")
+        loaded = apply_overrides(loaded, overrides, source)
+        from tuner.config import describe_overrides
+
+        source = f"{source} with --set {describe_overrides(overrides)}"
+    check_space(loaded, source)
+    return loaded, source
+
+
+def search(
+    space: str | Path | SearchSpace | None = None,
+    *,
+    data: str | Path | Dataset | None = None,
+    storage: str | Path | None = None,
+    trials: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    address: str | None = None,
+    weights: str | None = None,
+    study: str | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_failures: int = 1,
+    reuse_actors: bool = False,
+    console=None,
+    log: Log | None = None,
+) -> Experiment:
+    """Run an Optuna-guided Ray Tune search (``mammotune search``); returns its experiment.
+
+    Everything is checked before any trial starts: the space, the dataset and its tile
+    sizes, the weights each transfer degree needs, that ``storage`` is new and writable, and
+    that the cluster can serve the resources asked for.
+
+    Args:
+        space: a preset name, a YAML file or a :class:`SearchSpace`.
+        data: a prepared dataset (:func:`prepare`'s result or its URL).
+        storage: the experiment's new folder or URL.
+        trials: override the space's trial count.
+        overrides: the dict form of ``--set KEY=VALUE``.
+        address: a Ray cluster (default: RAY_ADDRESS, else a local Ray in this process).
+        weights: folder/URL with ImageNet files and mini-MIAS models.
+        study: the Optuna storage, any SQLAlchemy URL (default: SQLite).
+        cpus_per_trial, gpus_per_trial: override the space's resources (0.5 GPU: two trials
+            share one).
+        max_failures: retries of an errored trial from its last checkpoint.
+        reuse_actors: recycle trial processes (quicker starts for short CPU trials).
+        console: a rich Console to draw the live trial table on (default: Tune's output).
+        log: receives progress lines.
+
+    Raises:
+        UserError: a missing argument, a bad space, a missing dataset, tile size or weight
+            file, an experiment location that is not new, an unreachable cluster.
+    """
+    from tuner.cluster import check_gpus, connect
+    from tuner.results.experiment import Experiment
+    from tuner.search.runner import plan_search, run_search
+
+    _require("search", space=space, data=data, storage=storage)
+    emit = _log(log)
+    loaded, source = _space_and_source(space, overrides)
+    plan = plan_search(
+        loaded,
+        space_file=source,
+        data=_url(data),
+        experiment=str(storage),
+        weights_dir=weights,
+        trials=trials,
+        study=study,
+        cpus=cpus_per_trial,
+        gpus=gpus_per_trial,
+    )
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    dashboard = connect(address)
+    check_gpus(plan.space.resources.gpu, address)
+    sp = plan.space
+    metrics = ", ".join(f"{o.name} ({o.mode})" for o in sp.objectives)
+    emit(
+        f"search {sp.name}: {sp.trials} trials, up to {sp.max_concurrent} at a time, "
+        f"{plan.max_epochs} epochs max; sampler {sp.sampler.type}, scheduler "
+        f"{sp.scheduler.type}, on {metrics}"
+    )
+    emit(f"experiment: {plan.experiment}; Optuna study: {plan.study_storage}")
+    if dashboard:
+        emit(f"Ray dashboard: {dashboard}")
+    run_search(plan, max_failures=max_failures, reuse_actors=reuse_actors, console=console)
+    return Experiment.open(plan.experiment)
+
+
+# ---------------------------------------------------------------------------- results
+def evaluate(
+    target: str | Path | Experiment | None = None,
+    *,
+    data: str | Path | Dataset | None = None,
+    split: str = "test",
+    ensemble: int = 1,
+    target_recall: float = 0.9,
+    resamples: int = 1000,
+    report: str | Path | None = None,
+) -> Evaluation:
+    """Metrics with bootstrap intervals, a threshold table, per-breast figures and (with
+    ``report``) plots, for one checkpoint or the ensemble of an experiment's best
+    (``mammotune evaluate``).
+
+    Args:
+        target: a checkpoint folder/URL, or an experiment (its best checkpoint, or its
+            ``ensemble`` best averaged).
+        data: the prepared dataset to evaluate on.
+        split: train, val or test.
+        target_recall: the recall the threshold table aims at.
+        resamples: bootstrap resamples.
+        report: a new folder for report.json, CSVs and PNGs.
+
+    Raises:
+        UserError: a missing argument, bad numbers, a target that is neither a checkpoint
+            nor an experiment, a report folder that is not empty.
+    """
+    from tuner import storage
+    from tuner.results.evaluate import Evaluation, write_report
+    from tuner.results.evaluate import evaluate as run_evaluation
+    from tuner.results.experiment import Experiment
+    from tuner.search.experiment import EXPERIMENT_FILE
+    from tuner.training.checkpoint import META
+
+    _require("evaluate", target=target, data=data)
+    if ensemble < 1 or not 0 < target_recall <= 1:
+        raise UserError("ensemble must be >= 1 and target_recall in (0, 1]")
+    if report is not None and os.path.isdir(report) and os.listdir(report):
+        raise UserError(f"{report} is not empty; choose a new folder for the report")
+    url = _url(target)
+    if storage.exists(storage.join(url, META)):
+        if ensemble != 1:
+            raise UserError("an ensemble takes the best checkpoints of an experiment, not one")
+        checkpoints = [url]
+    elif storage.exists(storage.join(url, EXPERIMENT_FILE)):
+        checkpoints = Experiment.open(url).checkpoints(ensemble)
+    else:
+        raise UserError(f"{url} is neither a checkpoint ({META}) nor an experiment")
+    result = run_evaluation(
+        checkpoints, _url(data), split=split, target_recall=target_recall, resamples=resamples
+    )
+    written = write_report(result, str(report)) if report is not None else []
+    return Evaluation.from_report(result, written)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Class probabilities for one file."""
+
+    file: str
+    probabilities: dict[str, float]
+    predicted: str
+    roi: str | None  # ROI models: where the tile came from ("mask", "box", "whole file")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What :func:`predict` returns."""
+
+    checkpoint: str
+    task: str
+    preprocessing: dict[str, Any]  # view, size, enhance, context_px: as the model was trained
+    threshold: float | None
+    items: list[Prediction]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["predictions"] = data.pop("items")
+        return data
+
+
+def predict(
+    checkpoint: str | Path | None = None,
+    files: Sequence[str | Path] | str | Path | None = None,
+    *,
+    threshold: float = 0.5,
+    roi_mask: str | Path | None = None,
+    roi_box: Sequence[int] | None = None,
+) -> Predictions:
+    """Class probabilities for DICOM or image files, through the preprocessing the
+    checkpoint was trained with (``mammotune predict``).
+
+    Args:
+        checkpoint: a checkpoint folder or URL (``Experiment.best().checkpoint``).
+        files: DICOM, PNG, PGM, JPEG or TIFF files (full mammograms for a whole-image model).
+        threshold: the positive class's threshold (two classes); pick one from
+            :func:`evaluate`'s threshold table.
+        roi_mask, roi_box: for a ROI model, where the finding is in one full mammogram (a
+            mask image, or x0, y0, x1, y1 in its pixels): the tile is then cut exactly as
+            ``prepare`` cut the training tiles. Without either, each file is taken to be the
+            finding's tile.
+
+    Raises:
+        UserError: a missing argument, an unreadable checkpoint or file, a ROI for a
+            whole-image model or for several files.
+    """
+    from tuner.results.predict import predict_files
+
+    _require("predict", checkpoint=checkpoint, files=files)
+    paths = [str(files)] if isinstance(files, str | Path) else [str(f) for f in files]
+    if not paths:
+        raise UserError("predict needs at least one file")
+    if roi_box is not None:
+        parts = roi_box.split(",") if isinstance(roi_box, str) else roi_box
+        try:
+            roi_box = tuple(int(v) for v in parts)
+        except (TypeError, ValueError):
+            roi_box = ()
+        if len(roi_box) != 4:
+            raise UserError("roi_box takes four whole numbers: x0, y0, x1, y1 (image pixels)")
+    result = predict_files(
+        _url(checkpoint),
+        paths,
+        threshold=threshold,
+        roi_mask=None if roi_mask is None else str(roi_mask),
+        roi_box=roi_box,
+    )
+    return Predictions(
+        checkpoint=result["checkpoint"],
+        task=result["task"],
+        preprocessing=result["preprocessing"],
+        threshold=result["threshold"],
+        items=[
+            Prediction(
+                file=item["file"],
+                probabilities=item["probabilities"],
+                predicted=item["predicted"],
+                roi=item.get("roi"),
+            )
+            for item in result["predictions"]
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+@dataclass(frozen=True)
+class Pretrained:
+    """A mini-MIAS model :func:`pretrain_mias` trained (a mammotune checkpoint)."""
+
+    backbone: str
+    stage: str  # "head" (ImageNet backbone frozen) or "all" (then every layer)
+    checkpoint: str  # where transfer degrees imagenet_mias_head / mias_all load it from
+    metrics: dict[str, float]  # validation metrics on mini-MIAS
+
+
+def pretrain_mias(
+    data: str | Path | Dataset | None = None,
+    weights: str | Path | None = None,
+    backbones: str | Sequence[str] | None = None,
+    *,
+    view: str = "whole",
+    size: int = 224,
+    enhance: str = "none",
+    head_epochs: int = 5,
+    all_epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    log: Log | None = None,
+) -> list[Pretrained]:
+    """Train the mini-MIAS models that transfer degrees ``mias_all`` and
+    ``imagenet_mias_head`` start from, into ``weights`` (``mammotune pretrain-mias``).
+    Backbones whose models are already there are kept as they are (and not listed).
+
+    Returns:
+        The models trained, a stage of a backbone each.
+
+    Raises:
+        UserError: a missing argument, not a mini-MIAS dataset, a missing size or ImageNet
+            file, a half-written model from an interrupted run.
+    """
+    from tuner.training.pretrain import PretrainParams
+    from tuner.training.pretrain import pretrain_mias as run_pretraining
+
+    _require("pretrain_mias", data=data, weights=weights, backbones=backbones)
+    params = PretrainParams(
+        view=view,
+        size=size,
+        enhance=enhance,
+        head_epochs=head_epochs,
+        all_epochs=all_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    from tuner import storage
+    from tuner.models.weights import mias_checkpoint
+
+    weights = storage.normalize(str(weights))
+    results = run_pretraining(
+        _url(data), weights, list(_names(backbones)), params, progress=_log(log)
+    )
+    return [
+        Pretrained(backbone, stage, mias_checkpoint(weights, backbone, stage), metrics)
+        for backbone, stages in results.items()
+        for stage, metrics in stages.items()
+    ]
+
+
+def fetch_weights(
+    dest: str | Path | None = None,
+    backbones: str | Sequence[str] = (),
+    *,
+    base_url: str | None = None,
+) -> list[tuple[str, str]]:
+    """Download torchvision's ImageNet weights into a folder or bucket, checked against the
+    hash in each file name (``mammotune weights fetch``; needs a network).
+
+    Args:
+        backbones: default: the five published backbones.
+        base_url: a mirror holding torchvision's file names.
+
+    Returns:
+        ``(url, "downloaded" | "already there")`` for each file.
+    """
+    from tuner.models.backbones import get_spec, list_backbones
+    from tuner.models.weights import fetch_imagenet
+
+    _require("fetch_weights", dest=dest)
+    names = list(_names(backbones)) or [n for n in list_backbones() if get_spec(n).published]
+    return fetch_imagenet(str(dest), names, base_url=base_url)
+
+
+# ---------------------------------------------------------------------------- clusters
+@dataclass
+class Job:
+    """A mammotune command submitted to a cluster as a Ray job."""
+
+    id: str
+    address: str
+    command: list[str]
+    _client: Any = None
+
+    @property
+    def dashboard(self) -> str:
+        return f"{self.address.rstrip('/')}/#/jobs/{self.id}"
+
+    def status(self) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return str(self._client.get_job_status(self.id)).rsplit(".", 1)[-1]
+
+    def follow(self, emit: Log = print) -> str:
+        """Pass the job's log to ``emit`` as it grows until the job ends; returns its final
+        status."""
+        from tuner.jobs import follow
+
+        return follow(self._client, self.id, emit)
+
+
+def submit(
+    command: Sequence[str] | None = None,
+    *,
+    address: str | None = None,
+    working_dir: str = ".",
+    env: dict[str, str] | Sequence[str] | None = None,
+    job_id: str | None = None,
+) -> Job:
+    """Submit ``mammotune <command>`` (e.g. ``["search", "--space", ...]``) to a cluster
+    through Ray's Jobs API, shipping ``working_dir`` with it (``mammotune submit``).
+
+    Args:
+        address: the Jobs API, ``http://HEAD:8265`` (default: RAY_API_SERVER_ADDRESS); the
+            token comes from RAY_AUTH_TOKEN.
+        env: environment variables for the job (no secrets), a dict or ``KEY=VALUE`` items.
+
+    Raises:
+        UserError: no address or command, an unreachable API, a refused token, a
+            secret-looking variable.
+    """
+    from tuner.jobs import check_env
+    from tuner.jobs import submit as submit_job
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise UserError(
+            "submit needs the Ray dashboard's Jobs API: --address http://HEAD:8265 "
+            "(address= in Python) or RAY_API_SERVER_ADDRESS"
+        )
+    import shlex
+
+    command = shlex.split(command) if isinstance(command, str) else list(command or [])
+    if isinstance(env, dict):
+        env = [f"{k}={v}" for k, v in env.items()]
+    variables = check_env(list(env or []))
+    client, submitted = submit_job(
+        address, command, working_dir=working_dir, env=variables, submission_id=job_id
+    )
+    return Job(id=submitted, address=address, command=command, _client=client)

@@ -1,0 +1,216 @@
+"""How results look on a terminal: the one presentation module the CLI and the quickstart
+share. Each function takes a rich Console and a typed result of :mod:`tuner`'s API, and
+prints; none computes anything a notebook user would need.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from tuner.api import Predictions, Pretrained
+    from tuner.data.dataset import Dataset, Synthetic
+    from tuner.results.evaluate import Evaluation
+    from tuner.results.leaderboard import Leaderboard, Status
+
+__all__ = [
+    "consoles",
+    "short",
+    "print_json",
+    "synthetic",
+    "dataset",
+    "leaderboard",
+    "status",
+    "evaluation",
+    "predictions",
+    "pretrained",
+]
+
+# The five published dimensions (and enhancement) are the leaderboard's columns; any other
+# searched setting is in the best config below the table and in --json.
+_COLUMNS = ("backbone", "class_weight", "dropout", "input_size", "transfer", "enhance")
+
+
+def consoles() -> tuple[Console, Console]:
+    """(stdout, stderr) consoles. Piped or logged output (CI, files) gets room for the
+    leaderboard instead of rich's 80 columns; markup off, so user text (paths, --set values
+    such as backbone=[vgg19]) prints as given."""
+    out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    return out, err
+
+
+def short(value) -> str:
+    """A number as a table shows it (3 decimals, or 3 significant digits when tiny)."""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def print_json(data) -> None:
+    """Machine-readable output on stdout (``--json``)."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def synthetic(console: Console, result: Synthetic) -> None:
+    verb = (
+        "already there (same settings), nothing written"
+        if result.reused
+        else f"written in {result.seconds}s"
+    )
+    console.print(
+        f"synthetic {result.format} at {result.url}: {result.patients} patients, "
+        f"{result.images} images, {result.abnormalities} abnormalities "
+        f"({result.malignant} malignant); {verb}"
+    )
+
+
+def dataset(console: Console, data: Dataset) -> None:
+    if data.reused:
+        console.print(f"{data.url} already holds this dataset (id {data.id}); nothing to do")
+    else:
+        console.print(f"prepared dataset {data.id} at {data.url} in {data.seconds}s")
+    table = Table("tiles", "split", "rows", "pathology", "lesion / tissue", "patients")
+    for kind in data.tiles:
+        for split, rows in kind.rows.items():
+            counts = ", ".join(f"{k.lower()} {v}" for k, v in kind.pathology[split].items())
+            lesion = kind.lesion[split]
+            lesions = f"{lesion.get('lesion', 0)} / {lesion.get('tissue', 0)}"
+            table.add_row(kind.key, split, str(rows), counts, lesions, str(data.patients[split]))
+    console.print(table)
+    leak = data.leakage
+    console.print(
+        f"patients in official train and test: {leak['patients_in_official_train_and_test']} "
+        f"(resolved: {leak['rule']}); in two splits now: {leak['patients_in_two_splits']}"
+    )
+    if data.skipped:
+        console.print(f"skipped inputs: {len(data.skipped)} (reasons in manifest.json), e.g.:")
+        for item in data.skipped[:5]:
+            console.print(f"  {item['item']}: {item['reason']}", soft_wrap=True)
+
+
+def leaderboard(console: Console, board: Leaderboard) -> None:
+    metric = board.metric
+    columns = [d for d in board.dimensions if d in _COLUMNS]
+    others = [o["name"] for o in board.objectives[1:]]
+    extra = ["pareto", *others] if board.multi_objective else []
+    table = Table(
+        "#",
+        "trial",
+        "status",
+        "epochs",
+        *columns,
+        metric,
+        *extra,
+        "accuracy",
+        "recall",
+        "specificity",
+        title=f"{board.experiment}: best epoch of each trial",
+    )
+    for rank, trial in enumerate(board.trials, 1):
+        marks = ["*" if trial.pareto else ""] + [short(trial.metrics.get(n)) for n in others]
+        table.add_row(
+            str(rank),
+            trial.trial_id,
+            trial.status,
+            str(trial.epochs),
+            *(short(trial.config.get(d)) for d in columns),
+            short(trial.value),
+            *(marks if board.multi_objective else []),
+            short(trial.metrics.get("val_accuracy")),
+            short(trial.metrics.get("val_recall")),
+            short(trial.metrics.get("val_specificity")),
+        )
+    console.print(table)
+    for trial in board.trials:
+        if trial.error:
+            console.print(f"trial {trial.trial_id} errored: {trial.error}", soft_wrap=True)
+    if board.multi_objective:
+        names = ", ".join(f"{o['name']} ({o['mode']})" for o in board.objectives)
+        front = board.pareto
+        console.print(f"Pareto front on {names}: {len(front)} trials (* above)")
+        for trial in front:
+            values = ", ".join(
+                f"{o['name']} {short(trial.metrics.get(o['name']))}" for o in board.objectives
+            )
+            console.print(
+                f"  {trial.trial_id}: {values}; {json.dumps(trial.config)}", soft_wrap=True
+            )
+    best = board.best
+    if best is None:
+        console.print("no trial has a checkpoint yet")
+        return
+    console.print(f"best trial {best.trial_id}: {metric} {short(best.value)}")
+    console.print(f"  config: {json.dumps(best.config)}", soft_wrap=True)
+    console.print(f"  checkpoint: {best.checkpoint}", soft_wrap=True)
+
+
+def status(console: Console, summary: Status) -> None:
+    console.print(
+        f"{summary.experiment}: {summary.started_trials} of {summary.planned_trials} "
+        f"trials started; {summary.finished} finished, {summary.running} running, "
+        f"{summary.errored} errored; {summary.failures} failed attempts (a trial is "
+        "retried from its last checkpoint up to --max-failures times)"
+    )
+    best = summary.best
+    if best is not None:
+        console.print(
+            f"best so far: {summary.metric} {short(best.value)} (trial {best.trial_id}, "
+            f"epoch {best.metrics.get('epoch')}) {json.dumps(best.config)}",
+            soft_wrap=True,
+        )
+    else:
+        console.print("no trial has a checkpoint yet")
+    for trial_id, error in summary.errors.items():
+        console.print(f"trial {trial_id} errored: {error}", soft_wrap=True)
+
+
+def evaluation(console: Console, result: Evaluation) -> None:
+    count = len(result.checkpoints)
+    kind = f"ensemble of {count}" if count > 1 else "checkpoint"
+    console.print(f"{kind} on {result.split} of {result.data}: {result.rows} rows")
+    for name in ("per_image", "per_breast"):
+        level = getattr(result, name)
+        if level is None:
+            continue
+        table = Table("metric", "value", "95% CI", title=f"{name} ({level.rows} rows)")
+        for metric, value in level.metrics.items():
+            low, high = level.intervals_95[metric]
+            table.add_row(metric, short(value), f"{short(low)} - {short(high)}")
+        console.print(table)
+        if level.target_recall:
+            t = level.target_recall
+            console.print(
+                f"threshold {t['threshold']:.3f} reaches recall {t['recall']:.3f} "
+                f"(goal {t['recall_goal']}): precision {t['precision']:.3f}, "
+                f"specificity {t['specificity']:.3f}"
+            )
+    for path in result.written:
+        console.print(f"wrote {path}", soft_wrap=True)
+
+
+def predictions(console: Console, result: Predictions) -> None:
+    for item in result.items:
+        probabilities = ", ".join(f"{c} {p:.3f}" for c, p in item.probabilities.items())
+        where = f" [roi: {item.roi}]" if item.roi else ""
+        console.print(f"{item.file}: {item.predicted} ({probabilities}){where}", soft_wrap=True)
+    if any(item.roi == "whole file" for item in result.items):
+        console.print(
+            "note: each file was taken to be the finding's tile; for the exact training "
+            "preprocessing give the full mammogram with --roi-mask or --roi-box",
+            soft_wrap=True,
+        )
+
+
+def pretrained(console: Console, models: list[Pretrained]) -> None:
+    for model in models:
+        console.print(
+            f"{model.backbone} ({model.stage}): val AUC {model.metrics['val_roc_auc']:.3f} -> "
+            f"{model.checkpoint}",
+            soft_wrap=True,
+        )

@@ -1,0 +1,144 @@
+"""An experiment as an object: a search's folder in storage, read without a cluster.
+
+``Experiment.open(url)`` for any search's ``--storage`` location (a folder or a bucket URL);
+:func:`tuner.search` returns one. Everything but :meth:`Experiment.resume` reads storage
+alone, so it works from a laptop while the search runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from tuner import storage
+from tuner.errors import UserError
+from tuner.results.leaderboard import (
+    Leaderboard,
+    Status,
+    Trial,
+    download_checkpoint,
+    leaderboard,
+    status,
+)
+from tuner.search.experiment import EXPERIMENT_FILE
+
+__all__ = ["Experiment"]
+
+
+class Experiment:
+    """A search's experiment folder: ``search.json``, Tune's files, trials' checkpoints."""
+
+    def __init__(self, url: str):
+        self.url = storage.normalize(url)
+        self._meta: dict | None = None
+
+    @classmethod
+    def open(cls, url: str) -> Experiment:
+        """The experiment at ``url`` (a search's ``--storage`` location).
+
+        Raises:
+            UserError: no mammotune experiment there.
+        """
+        experiment = cls(url)
+        if not storage.exists(storage.join(experiment.url, EXPERIMENT_FILE)):
+            raise UserError(
+                f"no mammotune experiment at {experiment.url} ({EXPERIMENT_FILE} not found); "
+                "give the --storage location of a search"
+            )
+        return experiment
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.url!r})"
+
+    @property
+    def meta(self) -> dict:
+        """``search.json``: the space, the dataset, the study, the metric(s)."""
+        if self._meta is None:
+            self._meta = storage.read_json(storage.join(self.url, EXPERIMENT_FILE))
+        return self._meta
+
+    @property
+    def data(self) -> str:
+        """URL of the dataset the search trained on."""
+        return self.meta["data"]
+
+    @property
+    def space(self):
+        """The search space as it ran (a :class:`tuner.config.SearchSpace`)."""
+        from tuner.config import SearchSpace
+
+        return SearchSpace.model_validate(self.meta["space"])
+
+    def status(self) -> Status:
+        """Trials started of planned, finished, running, errored, failed attempts and the
+        best so far."""
+        return status(self.url)
+
+    def leaderboard(self) -> Leaderboard:
+        """Every trial with its best epoch, best first (Pareto front marked when the search
+        has several metrics)."""
+        return leaderboard(self.url)
+
+    def best(self) -> Trial:
+        """The best trial that has a checkpoint (``.checkpoint``, ``.config``, ``.metrics``,
+        ``.trial_id``).
+
+        Raises:
+            UserError: no trial has a checkpoint yet.
+        """
+        best = self.leaderboard().best
+        if best is None:
+            raise UserError(f"{self.url}: no trial has a checkpoint yet")
+        return best
+
+    def pareto(self) -> list[Trial]:
+        """The trials on the Pareto front of a multi-objective search (empty otherwise)."""
+        return self.leaderboard().pareto
+
+    def checkpoints(self, top: int = 1) -> list[str]:
+        """URLs of the ``top`` best trials' best checkpoints, best first.
+
+        Raises:
+            UserError: ``top`` < 1, or no trial has a checkpoint yet.
+        """
+        if top < 1:
+            raise UserError(f"top {top}: take at least 1 checkpoint")
+        ranked = [t.checkpoint for t in self.leaderboard().trials if t.checkpoint]
+        if not ranked:
+            raise UserError(f"{self.url}: no trial has a checkpoint yet")
+        return ranked[:top]
+
+    def download(self, dest: str) -> str:
+        """Copy the best checkpoint into ``dest`` (a new or empty folder or URL); returns it.
+
+        Raises:
+            UserError: no checkpoint yet, or ``dest`` already holds files (nothing is
+                overwritten).
+        """
+        return download_checkpoint(self.best().checkpoint, dest)
+
+    def resume(
+        self, *, address: str | None = None, log: Callable[[str], None] | None = None
+    ) -> Experiment:
+        """Continue the search where its driver stopped (Ctrl-C, or killed outright), with
+        the same Optuna study, on a local Ray or the cluster at ``address``.
+
+        Finished trials are kept, unfinished ones resume from their last checkpoint, and
+        the search runs on to its trial count. Tune reads its own pickled state to resume:
+        resume only experiments you trust.
+
+        Raises:
+            UserError: nothing to resume here, or a cluster that cannot run it.
+        """
+        from tuner.cluster import check_gpus, connect
+        from tuner.search.runner import check_resumable, resume_search
+
+        emit = log or logging.getLogger("tuner").info
+        meta = check_resumable(self.url)  # before starting or joining a cluster
+        dashboard = connect(address)
+        check_gpus(meta["space"]["resources"]["gpu"], address)
+        emit(f"resuming the search at {self.url}")
+        if dashboard:
+            emit(f"Ray dashboard: {dashboard}")
+        resume_search(self.url)
+        return self
