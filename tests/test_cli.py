@@ -180,6 +180,23 @@ def _search(prepared, tmp_path, *extra):
             ["transfer 'mias_all'", "mammotune pretrain-mias"],
         ),
         (("--space", "quick", "--resume", "x"), ["--resume continues", "drop --space"]),
+        (
+            ("--space", "quick", "--set", "sampler.type=bohb"),
+            ["sampler.type: unknown sampler 'bohb'", "allowed: tpe, gp, cmaes, random"],
+        ),
+        (
+            (
+                "--space",
+                "quick",
+                "--set",
+                "metrics=[{name: val_roc_auc}, {name: inference_ms, mode: min}]",
+            ),
+            ["scheduler asha stops trials by one metric", "scheduler: {type: fifo}"],
+        ),
+        (
+            ("--space", "quick", "--set", "metric=auc"),
+            ["metric: unknown metric 'auc'", "val_roc_auc"],
+        ),
     ],
 )
 def test_search_overrides_and_preflight(tmp_path, prepared, extra, fragments):
