@@ -70,10 +70,12 @@ def run_quickstart(
     seconds["prepare"] = time.perf_counter() - t
     present.dataset(console, dataset)
 
-    console.print(Rule("3/4 search: Optuna TPE + ASHA on Ray Tune"))
+    space = tuner.load_space("quick")
+    strategies = f"{space.sampler.type.upper()} + {space.scheduler.type.upper()}"
+    console.print(Rule(f"3/4 search: Optuna {strategies} on Ray Tune"))
     t = time.perf_counter()
     experiment = tuner.search(
-        "quick",
+        space,
         data=dataset,
         storage=experiment_url,
         trials=trials,
