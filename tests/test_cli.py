@@ -159,7 +159,7 @@ def _search(prepared, tmp_path, *extra):
         (("--space", "quick", "--set", "epochs"), ["--set 'epochs': expected KEY=VALUE"]),
         (
             ("--space", "quick", "--set", "backbone=[resnet18,resnet5]"),
-            ["with --set backbone=[resnet18, resnet5]", "unknown backbone 'resnet5'"],
+            ["with backbone=[resnet18, resnet5]", "unknown backbone 'resnet5'"],
         ),
         (
             (

@@ -164,4 +164,7 @@ def test_the_local_stack_takes_its_ports_below_the_ephemeral_range(monkeypatch):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", first))
         listener.listen()
-        assert stack.allocate_ports()["gcs"] == first + stack.BLOCK
+        # The next free block: usually the one after, but Ray workers of other processes on
+        # this machine listen in 10002-19999 (Ray's default worker ports) and may hold it.
+        second = stack.allocate_ports()["gcs"]
+        assert second > first and (second - first) % stack.BLOCK == 0

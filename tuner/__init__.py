@@ -25,6 +25,12 @@ from typing import TYPE_CHECKING
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# A Ray token given in the environment turns on token mode. Ray reads the mode when it is
+# first imported, so this runs on import, before any API call loads Ray (notebooks as the CLI).
+from tuner.cluster import use_given_token as _use_given_token  # noqa: E402
+
+_use_given_token()
+
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it (imported on first use).

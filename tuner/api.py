@@ -83,7 +83,7 @@ def _names(value: str | Sequence[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- data
 def synth(
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     format: str = "cbis-ddsm",
     layout: str = "csv",
@@ -127,8 +127,8 @@ def synth(
 
 
 def prepare(
-    source: str | Path | Synthetic,
-    out: str | Path,
+    source: str | Path | Synthetic | None = None,
+    out: str | Path | None = None,
     *,
     source_kind: str | None = None,
     views: str | Sequence[str] = ("roi",),
@@ -243,7 +243,7 @@ def _space_and_source(space, overrides) -> tuple[SearchSpace, str]:
         loaded = apply_overrides(loaded, overrides, source)
         from tuner.config import describe_overrides
 
-        source = f"{source} with --set {describe_overrides(overrides)}"
+        source = f"{source} with {describe_overrides(overrides)}"
     check_space(loaded, source)
     return loaded, source
 

@@ -496,10 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tuner.cluster import use_given_token
-
-    use_given_token()  # before anything imports ray
+    args = build_parser().parse_args(argv)  # importing tuner turned on Ray's token mode
     if args.endpoint_url:
         # Through the environment, so that Ray workers started by this run use it too.
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url

@@ -25,7 +25,7 @@ _TOKEN_HINT = (
 def use_given_token() -> None:
     """A token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH is meant to be used: turn on token
     mode for this process when RAY_AUTH_MODE is unset. Ray reads the mode when it is first
-    imported, so this runs before anything imports ray (the CLI calls it first)."""
+    imported, so this runs before anything imports ray (``import tuner`` calls it)."""
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 

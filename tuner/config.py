@@ -13,7 +13,7 @@ Example::
     metric: val_roc_auc
     mode: max
     trials: 8
-    sampler: {type: tpe, n_startup_trials: 4}      # Optuna's; gp, cmaes, random, qmc, nsga2
+    sampler: {type: gp, n_startup_trials: 4}       # Optuna's; tpe, cmaes, random, qmc, nsga2
     scheduler: {type: asha, grace_period: 2}        # Ray Tune's; hyperband, median, fifo
     fixed: {epochs: 6, batch_size: 32}
     space:
@@ -181,7 +181,9 @@ class SearchSpace(_Strict):
     trials: int = Field(10, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
-    sampler: Strategy = Strategy(type="tpe")
+    # GP: the fewest simulated GPU-hours to the target and the most searches reaching it
+    # (benchmarks/search_efficiency.py, 20 seeds; benchmarks/RESULTS.md).
+    sampler: Strategy = Strategy(type="gp")
     scheduler: Strategy = Strategy(type="asha")
     resources: Resources = Resources()
     keep_checkpoints: int = Field(1, ge=1)  # best checkpoints a finished trial keeps, + latest
@@ -406,7 +408,7 @@ def apply_overrides(space: SearchSpace, overrides: dict[str, Any], source: str) 
                 raw["fixed"][key] = value
         else:
             raw["fixed"][key] = value
-    return _validate(raw, f"{source} with --set {describe_overrides(overrides)}")
+    return _validate(raw, f"{source} with {describe_overrides(overrides)}")
 
 
 def _validate(raw: dict, source: str) -> SearchSpace:

@@ -39,7 +39,7 @@ def load_manifest(dataset: str) -> dict:
         UserError: no manifest at ``dataset`` or an unknown format.
     """
     if not dataset:
-        raise UserError("no data URL given; pass --data with the output folder of `prepare`")
+        raise UserError("no data URL given; give data (--data): the output folder of `prepare`")
     storage.check_location(dataset)
     url = storage.join(dataset, MANIFEST)
     if not storage.exists(url):

@@ -33,17 +33,19 @@ class Experiment:
         self._meta: dict | None = None
 
     @classmethod
-    def open(cls, url: str) -> Experiment:
-        """The experiment at ``url`` (a search's ``--storage`` location).
+    def open(cls, url: str | None = None) -> Experiment:
+        """The experiment at ``url`` (a search's ``storage`` location).
 
         Raises:
-            UserError: no mammotune experiment there.
+            UserError: no URL, or no mammotune experiment there.
         """
+        if url is None:
+            raise UserError("Experiment.open needs url= (a search's storage location)")
         experiment = cls(url)
         if not storage.exists(storage.join(experiment.url, EXPERIMENT_FILE)):
             raise UserError(
                 f"no mammotune experiment at {experiment.url} ({EXPERIMENT_FILE} not found); "
-                "give the --storage location of a search"
+                "give the storage location of a search (--storage)"
             )
         return experiment
 

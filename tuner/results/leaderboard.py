@@ -121,6 +121,17 @@ class Status:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        planned = f" of {self.planned_trials}" if self.planned_trials is not None else ""
+        line = (
+            f"{self.started_trials}{planned} trials started: {self.finished} finished, "
+            f"{self.running} running, {self.errored} errored"
+        )
+        value = self.best.value if self.best is not None else None
+        if value is not None:
+            line += f"; best {self.metric} {value:.4f} ({self.best.trial_id})"
+        return line
+
 
 def _best(items, key, mode: str):
     """The item whose ``key`` is best under ``mode`` (the first of equals), or None."""
@@ -198,7 +209,7 @@ def leaderboard(experiment: str) -> Leaderboard:
     if not storage.exists(meta_url):
         raise UserError(
             f"no mammotune experiment at {experiment} ({EXPERIMENT_FILE} not found); "
-            "give the --storage location of a search"
+            "give the storage location of a search (--storage)"
         )
     meta = storage.read_json(meta_url)
     fs, path = storage.filesystem(experiment)
@@ -280,7 +291,7 @@ def download_checkpoint(checkpoint: str, dest: str) -> str:
     dest = storage.normalize(dest)
     fs, path = storage.filesystem(dest)
     if fs.exists(path) and fs.ls(path):
-        raise UserError(f"{dest} is not empty; choose a new folder for --download")
+        raise UserError(f"{dest} is not empty; choose a new, empty folder to download to")
     for name in ("state.pt", "checkpoint.json"):
         storage.write_bytes(
             storage.join(dest, name), storage.read_bytes(storage.join(checkpoint, name))

@@ -103,16 +103,18 @@ def plan_search(
             find_transfer_weights(transfer, name, weights_dir)
 
     if not experiment:
-        raise UserError("no experiment location given; pass --storage with a folder or bucket URL")
+        raise UserError(
+            "no experiment location given; give storage (--storage): a folder or bucket URL"
+        )
     experiment = storage.normalize(experiment)
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
         raise UserError(
-            f"{experiment} already holds an experiment; choose a new --storage location "
+            f"{experiment} already holds an experiment; choose a new storage location (--storage) "
             "(nothing there was changed)"
         )
     fs, path = storage.filesystem(experiment)
     if fs.exists(path) and fs.ls(path):
-        raise UserError(f"{experiment} is not empty; choose a new --storage location")
+        raise UserError(f"{experiment} is not empty; choose a new storage location (--storage)")
     storage.check_writable(posixpath.dirname(experiment))
 
     constants = {
@@ -193,7 +195,7 @@ def run_search(
 ):
     """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
 
-    The space names the sampler (``sampler: {type: tpe}`` by default, seeded) and the
+    The space names the sampler (``sampler: {type: gp}`` by default, seeded) and the
     scheduler (``scheduler: {type: asha}`` by default); see :mod:`tuner.search.strategies`.
 
     Args:
@@ -320,7 +322,7 @@ def check_resumable(experiment: str) -> dict:
     if not storage.exists(meta_url):
         raise UserError(
             f"no mammotune search at {experiment} ({EXPERIMENT_FILE} not found); "
-            "give the --storage location of the interrupted search"
+            "give the storage location of the interrupted search (--storage)"
         )
     filesystem, path = storage.pyarrow_filesystem(experiment)
     if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
