@@ -17,6 +17,7 @@ from tuner.results.leaderboard import (
     Status,
     Trial,
     download_checkpoint,
+    experiment_file,
     leaderboard,
     status,
 )
@@ -42,11 +43,7 @@ class Experiment:
         if url is None:
             raise UserError("Experiment.open needs url= (a search's storage location)")
         experiment = cls(url)
-        if not storage.exists(storage.join(experiment.url, EXPERIMENT_FILE)):
-            raise UserError(
-                f"no mammotune experiment at {experiment.url} ({EXPERIMENT_FILE} not found); "
-                "give the storage location of a search (--storage)"
-            )
+        experiment_file(experiment.url)
         return experiment
 
     def __repr__(self) -> str:

@@ -197,6 +197,21 @@ def _mark_pareto(trials: list[Trial], objectives: list[dict]) -> None:
         trial.pareto = on_front
 
 
+def experiment_file(experiment: str) -> str:
+    """The URL of ``experiment``'s own file (a normalised URL).
+
+    Raises:
+        UserError: no mammotune experiment there.
+    """
+    url = storage.join(experiment, EXPERIMENT_FILE)
+    if not storage.exists(url):
+        raise UserError(
+            f"no mammotune experiment at {experiment} ({EXPERIMENT_FILE} not found); "
+            "give the storage location of a search (--storage)"
+        )
+    return url
+
+
 def leaderboard(experiment: str) -> Leaderboard:
     """Every trial of an experiment with its best epoch, ranked by the search's metric; in
     a multi-objective search, the trials on the Pareto front are marked.
@@ -205,13 +220,7 @@ def leaderboard(experiment: str) -> Leaderboard:
         UserError: ``experiment`` holds no mammotune experiment.
     """
     experiment = storage.normalize(experiment)
-    meta_url = storage.join(experiment, EXPERIMENT_FILE)
-    if not storage.exists(meta_url):
-        raise UserError(
-            f"no mammotune experiment at {experiment} ({EXPERIMENT_FILE} not found); "
-            "give the storage location of a search (--storage)"
-        )
-    meta = storage.read_json(meta_url)
+    meta = storage.read_json(experiment_file(experiment))
     fs, path = storage.filesystem(experiment)
     states = trial_states(fs, path)
     trials = []
