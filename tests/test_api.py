@@ -43,9 +43,13 @@ def test_the_readme_python_example_runs(ray_local, tmp_path, monkeypatch, capsys
     assert [t.trial_id for t in again.leaderboard().trials] == [
         t.trial_id for t in experiment.leaderboard().trials
     ]
+    promotion = namespace["promotion"]
+    assert isinstance(promotion, tuner.Promotion) and promotion.test["test_look"]["look"] == 1
+    assert again.promotion().id == promotion.id == "p1"
     assert again.space.sampler.type == "random" and again.space.task == "lesion_vs_tissue"
     printed = capsys.readouterr().out
     assert "quick" in printed and "2 of 2 trials started: 2 finished" in printed
+    assert "promotion p1: trial" in printed
 
 
 def test_import_tuner_is_cheap():

@@ -335,19 +335,25 @@ def evaluate(
     ensemble: int = 1,
     target_recall: float = 0.9,
     resamples: int = 1000,
+    threshold: float | None = None,
     report: str | Path | None = None,
 ) -> Evaluation:
-    """Metrics with bootstrap intervals, a threshold table, per-breast figures and (with
-    ``report``) plots, for one checkpoint or the ensemble of an experiment's best
-    (``mammotune evaluate``).
+    """Metrics with patient-bootstrap intervals, a threshold table, per-breast figures and
+    (with ``report``) plots, for one checkpoint, a promotion's final model, or the ensemble
+    of an experiment's best (``mammotune evaluate``).
+
+    A look at the test split is recorded in the experiment's ``test_ledger.json``; a look
+    after the first logs a warning with the count of looks before it.
 
     Args:
-        target: a checkpoint folder/URL, or an experiment (its best checkpoint, or its
-            ``ensemble`` best averaged).
+        target: a checkpoint folder/URL, a final model (``promotions/<id>/final``), or an
+            experiment (its best checkpoint, or its ``ensemble`` best averaged).
         data: the prepared dataset to evaluate on.
         split: train, val or test.
         target_recall: the recall the threshold table aims at.
-        resamples: bootstrap resamples.
+        resamples: bootstrap resamples (of patients).
+        threshold: the two-class operating threshold (default: a final model's own, fixed on
+            out-of-fold predictions; else 0.5).
         report: a new folder for report.json, CSVs and PNGs.
 
     Raises:
@@ -359,24 +365,33 @@ def evaluate(
     from tuner.results.evaluate import evaluate as run_evaluation
     from tuner.results.experiment import Experiment
     from tuner.search.experiment import EXPERIMENT_FILE
-    from tuner.training.checkpoint import META
+    from tuner.training.checkpoint import META, MODEL, open_model
 
     _require("evaluate", target=target, data=data)
     if ensemble < 1 or not 0 < target_recall <= 1:
         raise UserError("ensemble must be >= 1 and target_recall in (0, 1]")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UserError(f"threshold {threshold} must be in [0, 1]")
     if report is not None and os.path.isdir(report) and os.listdir(report):
         raise UserError(f"{report} is not empty; choose a new folder for the report")
     url = _url(target)
-    if storage.exists(storage.join(url, META)):
+    if storage.exists(storage.join(url, META)) or storage.exists(storage.join(url, MODEL)):
         if ensemble != 1:
             raise UserError("an ensemble takes the best checkpoints of an experiment, not one")
-        checkpoints = [url]
+        model = open_model(url)
     elif storage.exists(storage.join(url, EXPERIMENT_FILE)):
-        checkpoints = Experiment.open(url).checkpoints(ensemble)
+        model = Experiment.open(url).checkpoints(ensemble)
     else:
-        raise UserError(f"{url} is neither a checkpoint ({META}) nor an experiment")
+        raise UserError(
+            f"{url} is neither a checkpoint ({META}), a final model ({MODEL}) nor an experiment"
+        )
     result = run_evaluation(
-        checkpoints, _url(data), split=split, target_recall=target_recall, resamples=resamples
+        model,
+        _url(data),
+        split=split,
+        target_recall=target_recall,
+        resamples=resamples,
+        threshold=threshold,
     )
     written = write_report(result, str(report)) if report is not None else []
     return Evaluation.from_report(result, written)
@@ -412,7 +427,7 @@ def predict(
     checkpoint: str | Path | None = None,
     files: Sequence[str | Path] | str | Path | None = None,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     roi_mask: str | Path | None = None,
     roi_box: Sequence[int] | None = None,
 ) -> Predictions:
@@ -420,10 +435,11 @@ def predict(
     checkpoint was trained with (``mammotune predict``).
 
     Args:
-        checkpoint: a checkpoint folder or URL (``Experiment.best().checkpoint``).
+        checkpoint: a checkpoint folder or URL (``Experiment.best().checkpoint``), or a
+            promotion's final model (``Promotion.final_model``).
         files: DICOM, PNG, PGM, JPEG or TIFF files (full mammograms for a whole-image model).
-        threshold: the positive class's threshold (two classes); pick one from
-            :func:`evaluate`'s threshold table.
+        threshold: the positive class's threshold (two classes); default: a final
+            model's own (fixed on out-of-fold predictions), else 0.5.
         roi_mask, roi_box: for a ROI model, where the finding is in one full mammogram (a
             mask image, or x0, y0, x1, y1 in its pixels): the tile is then cut exactly as
             ``prepare`` cut the training tiles. Without either, each file is taken to be the

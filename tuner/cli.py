@@ -372,7 +372,13 @@ def _evaluate(commands) -> None:
         "--ensemble", type=int, default=1, help="average the experiment's K best checkpoints"
     )
     p.add_argument("--target-recall", type=float, default=0.9, help="threshold table goal")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="operating threshold (default: a final model's, from OOF; else 0.5)",
+    )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (patients)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_evaluate)
 
@@ -387,6 +393,7 @@ def cmd_evaluate(args) -> None:
         ensemble=args.ensemble,
         target_recall=args.target_recall,
         resamples=args.resamples,
+        threshold=args.threshold,
         report=args.report,
     )
     _show(args, result, present.evaluation)
@@ -394,10 +401,13 @@ def cmd_evaluate(args) -> None:
 
 def _predict(commands) -> None:
     p = commands.add_parser("predict", help="class probabilities for DICOM or PNG files")
-    p.add_argument("checkpoint", help="checkpoint folder or URL")
+    p.add_argument("checkpoint", help="checkpoint or final model (promotions/<id>/final)")
     p.add_argument("files", nargs="+", help="DICOM, PNG, PGM, JPEG or TIFF files")
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="positive-class threshold (two classes)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="positive-class threshold (default: a final model's own, else 0.5)",
     )
     p.add_argument(
         "--roi-mask",
@@ -430,6 +440,73 @@ def cmd_predict(args) -> None:
     _show(args, result, present.predictions)
 
 
+def _promote(commands) -> None:
+    p = commands.add_parser(
+        "promote",
+        help="cross-validate the search's best by patient, pick one model, test it once",
+    )
+    p.add_argument("experiment", help="experiment folder or URL (the search's --storage)")
+    p.add_argument("--data", default=None, help="prepared dataset (default: the search's)")
+    p.add_argument("--top", type=int, default=3, help="candidates: the K best trials (3)")
+    p.add_argument("--folds", type=int, default=5, help="patient-grouped folds (5)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per candidate and fold (2)")
+    p.add_argument(
+        "--final",
+        default="folds",
+        help="final model: the winner's fold models averaged, or a refit on train+val",
+    )
+    p.add_argument("--tta", action="store_true", help="average over flips inside the model")
+    p.add_argument(
+        "--target-recall", type=float, default=0.9, help="recall the OOF threshold reaches"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="trial settings for every candidate: epochs=2, batch_size=16",
+    )
+    p.add_argument("--id", default=None, help="name of the promotion (default p1, p2, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seeds folds, trials and bootstrap")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument(
+        "--max-failures", type=int, default=1, help="retries of an errored trial (default 1)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with an interrupted promotion (--id, or the newest)",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument("--json", action="store_true", help="print promotion.json")
+    p.set_defaults(run=cmd_promote)
+
+
+def cmd_promote(args) -> None:
+    import tuner
+    from tuner.config import parse_overrides
+
+    experiment = tuner.Experiment.open(args.experiment)
+    result = experiment.promote(
+        data=args.data,
+        top=args.top,
+        folds=args.folds,
+        seeds=args.seeds,
+        final=args.final,
+        tta=args.tta,
+        target_recall=args.target_recall,
+        overrides=parse_overrides(args.set or []),
+        promotion_id=args.id,
+        seed=args.seed,
+        resamples=args.resamples,
+        max_failures=args.max_failures,
+        resume=args.resume,
+        address=args.address,
+        console=None if args.json else console,
+        log=(errors if args.json else console).print,
+    )
+    _show(args, result, present.promotion)
+
+
 def _status(commands) -> None:
     p = commands.add_parser(
         "status", help="trials finished/running/errored and the best so far (from storage)"
@@ -449,7 +526,11 @@ def _best(commands) -> None:
     p = commands.add_parser("best", help="leaderboard (Pareto front), best config and checkpoint")
     p.add_argument("experiment", help="experiment folder or URL (the search's --storage)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--download", metavar="DIR", help="copy the best checkpoint into DIR (new)")
+    p.add_argument(
+        "--download",
+        metavar="DIR",
+        help="copy the promoted final model (if any), else the best checkpoint, into DIR (new)",
+    )
     p.set_defaults(run=cmd_best)
 
 
@@ -460,7 +541,8 @@ def cmd_best(args) -> None:
     _show(args, experiment.leaderboard(), present.leaderboard)
     if args.download:
         dest = experiment.download(args.download)
-        (errors if args.json else console).print(f"best checkpoint downloaded to {dest}")
+        what = "promoted final model" if experiment.promotion() else "best checkpoint"
+        (errors if args.json else console).print(f"{what} downloaded to {dest}")
 
 
 _COMMANDS = (
@@ -473,6 +555,7 @@ _COMMANDS = (
     _weights,
     _evaluate,
     _predict,
+    _promote,
     _status,
     _best,
 )

@@ -15,6 +15,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from tuner.api import Predictions, Pretrained
     from tuner.data.dataset import Dataset, Synthetic
+    from tuner.promote.result import Promotion
     from tuner.results.evaluate import Evaluation
     from tuner.results.leaderboard import Leaderboard, Status
 
@@ -148,6 +149,13 @@ def leaderboard(console: Console, board: Leaderboard) -> None:
     console.print(f"best trial {best.trial_id}: {metric} {short(best.value)}")
     console.print(f"  config: {json.dumps(best.config)}", soft_wrap=True)
     console.print(f"  checkpoint: {best.checkpoint}", soft_wrap=True)
+    _promoted(console, board.promotion)
+
+
+def _promoted(console: Console, promotion: dict | None) -> None:
+    if promotion:
+        console.print(promotion["summary"], soft_wrap=True)
+        console.print(f"  final model: {promotion['final_model']}", soft_wrap=True)
 
 
 def status(console: Console, summary: Status) -> None:
@@ -168,17 +176,120 @@ def status(console: Console, summary: Status) -> None:
         console.print("no trial has a checkpoint yet")
     for trial_id, error in summary.errors.items():
         console.print(f"trial {trial_id} errored: {error}", soft_wrap=True)
+    _promoted(console, summary.promotion)
+
+
+def promotion(console: Console, result: Promotion) -> None:
+    """The candidates' cross-validation, the winner, its calibration and the test look."""
+    data = result.data
+    plan = data["plan"]
+    table = Table(
+        "rank",
+        "trial",
+        "search " + plan["metric"],
+        "OOF AUC (mean of seeds)",
+        "sd",
+        "95% CI (patients)",
+        "wins",
+        title=f"promotion {result.id}: {len(data['candidates'])} candidates x "
+        f"{plan['folds']} folds x {len(plan['seeds'])} seeds, ranked by the CI's lower bound",
+    )
+    for entry in result.ranking:
+        if not entry["complete"]:
+            table.add_row(
+                str(entry["rank"]),
+                entry["trial_id"],
+                short(entry["search_value"]),
+                "incomplete",
+                "-",
+                "-",
+                "-",
+            )
+            continue
+        low, high = entry["oof_auc_95"]
+        table.add_row(
+            str(entry["rank"]),
+            entry["trial_id"],
+            short(entry["search_value"]),
+            short(entry["oof_auc_mean"]),
+            short(entry["oof_auc_sd"]),
+            f"{short(low)} - {short(high)}",
+            f"{entry['wins_across_seeds']}/{len(plan['seeds'])}",
+        )
+    console.print(table)
+    folds = data["folds"]
+    sizes = ", ".join(str(f["patients"]) for f in folds["per_fold"])
+    console.print(
+        f"folds by patient: {folds['folds']} ({sizes} patients), "
+        f"{folds['patients_in_two_folds']} patients in two folds, test never in a fold"
+    )
+    c = data["calibration"]
+    line = (
+        f"from OOF predictions only: temperature {c['temperature']:.3f} (ECE "
+        f"{c['ece_before']:.3f} -> {c['ece_after']:.3f}, Brier {c['brier_before']:.3f} -> "
+        f"{c['brier_after']:.3f})"
+    )
+    if result.threshold is not None:
+        at = c["oof_at_threshold"]
+        line += (
+            f"; threshold {result.threshold:.3f} for recall >= {data['target_recall']} "
+            f"(OOF recall {at['recall']:.3f}, specificity {at['specificity']:.3f})"
+        )
+    console.print(line, soft_wrap=True)
+    flagged = [
+        f"{column}={value}"
+        for column, slices in data["oof_subgroups"]["slices"].items()
+        for value, entry in slices.items()
+        if entry["flagged"]
+    ]
+    if flagged:
+        console.print(f"OOF subgroups below the overall AUC: {', '.join(flagged)}")
+    test = result.test
+    if test:
+        look = test.get("test_look") or {}
+        m, ci = test["per_image"]["metrics"], test["per_image"]["intervals_95"]
+        parts = [
+            f"{name} {short(m[name])} [{short(ci[name][0])}, {short(ci[name][1])}]"
+            for name in ("roc_auc", "recall", "specificity")
+            if name in m
+        ]
+        console.print(
+            f"test (look {look.get('look', '?')}, {test['per_image']['rows']} images, "
+            f"{test['per_image']['patients']} patients): {', '.join(parts)}",
+            soft_wrap=True,
+        )
+        flagged = [
+            f"{column}={value}"
+            for column, slices in test["subgroups"]["slices"].items()
+            for value, entry in slices.items()
+            if entry["flagged"]
+        ]
+        if flagged:
+            console.print(f"test subgroups below the overall AUC: {', '.join(flagged)}")
+    else:
+        console.print("no test split in this dataset: nothing was looked at")
+    compute = data["compute"]
+    if compute.get("ratio_to_search"):
+        console.print(
+            f"compute: {compute['trials']} trials, {compute['promotion_trial_seconds']:.0f} "
+            f"trial-seconds ({compute['ratio_to_search']:.2f}x the search's)"
+        )
+    console.print(f"final model: {result.final_model}", soft_wrap=True)
 
 
 def evaluation(console: Console, result: Evaluation) -> None:
     count = len(result.checkpoints)
     kind = f"ensemble of {count}" if count > 1 else "checkpoint"
-    console.print(f"{kind} on {result.split} of {result.data}: {result.rows} rows")
+    if result.report.get("model") and count > 1:
+        kind = f"final model ({count} members)"
+    at = f"; threshold {result.threshold:.3f}" if result.threshold is not None else ""
+    console.print(f"{kind} on {result.split} of {result.data}: {result.rows} rows{at}")
     for name in ("per_image", "per_breast"):
         level = getattr(result, name)
         if level is None:
             continue
-        table = Table("metric", "value", "95% CI", title=f"{name} ({level.rows} rows)")
+        title = f"{name} ({level.rows} rows; 95% CI by patient bootstrap)"
+        table = Table("metric", "value", "95% CI", title=title)
         for metric, value in level.metrics.items():
             low, high = level.intervals_95[metric]
             table.add_row(metric, short(value), f"{short(low)} - {short(high)}")

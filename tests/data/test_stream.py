@@ -27,7 +27,7 @@ def test_streams_every_tile_once_in_order_or_shuffled(prepared):
     plain = _stream(prepared)
     shuffled = _stream(prepared, shuffle=True, buffer_size=64)
     every = _fingerprints(DataLoader(plain, batch_size=16))
-    assert len(every) == sum(plain.task.counts(plain.entry))
+    assert len(every) == sum(plain.task.counts(plain.entries[0]))
     assert _fingerprints(DataLoader(shuffled, batch_size=16)) == every
 
     first = [t.numpy().tobytes() for t, _ in shuffled]
@@ -53,7 +53,7 @@ def test_labels_follow_the_task(prepared, name):
     stream = _stream(prepared, task=task)
     labels = torch.cat([y for _, y in DataLoader(stream, batch_size=64)])
     counts = labels.bincount(minlength=len(task.classes)).tolist()
-    assert counts == task.counts(stream.entry)
+    assert counts == task.counts(stream.entries[0])
     assert all(counts), name  # every class is present in the synthetic data
 
 

@@ -36,9 +36,9 @@ def test_training_learns_the_synthetic_task(prepared):
     for epoch in range(3):
         train.set_epoch(epoch)
         stats = train_one_epoch(model, DataLoader(train, batch_size=16), loss_fn, optimizer)
-    assert stats["images"] == sum(task.counts(train.entry))
+    assert stats["images"] == sum(task.counts(train.entries[0]))
     result = evaluate(model, DataLoader(val, batch_size=64), loss_fn)
-    assert len(result["labels"]) == sum(task.counts(val.entry))
+    assert len(result["labels"]) == sum(task.counts(val.entries[0]))
     assert result["probabilities"].shape == (len(result["labels"]), 2)
     assert np.allclose(result["probabilities"].sum(axis=1), 1, atol=1e-5)
     auc = binary_metrics(result["labels"], result["probabilities"][:, 1])["roc_auc"]

@@ -9,7 +9,7 @@ manifest, never by listing folders, so a dataset that is still being written is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -116,7 +116,10 @@ class TileStream(IterableDataset):
     Args:
         dataset: URL of a prepared dataset.
         manifest: its manifest (see :func:`load_manifest`).
+        split: one split, or several read as one (cross-validation reads train and val).
         task: which label to yield; rows outside the task are skipped.
+        only_patients, without_patients: keep only the rows of these patients, or drop
+            theirs (a cross-validation fold, held out or trained on).
         shuffle: shuffle shard order and rows (through a buffer of ``buffer_size`` tiles).
         seed: base of the shuffle; :meth:`set_epoch` varies it per epoch.
         augment: an albumentations ``Compose`` applied to each uint8 tile, or None; it is
@@ -132,9 +135,11 @@ class TileStream(IterableDataset):
         *,
         view: str,
         size: int,
-        split: str,
+        split: str | Sequence[str],
         task: Task,
         enhance: str = "none",
+        only_patients: Collection[str] | None = None,
+        without_patients: Collection[str] | None = None,
         shuffle: bool = False,
         seed: int = 0,
         buffer_size: int = 512,
@@ -144,7 +149,10 @@ class TileStream(IterableDataset):
         cache: ShardCache | None = None,
     ):
         self.dataset = storage.normalize(dataset)
-        self.entry = split_entry(manifest, view, size, split, enhance)
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        self.entries = [split_entry(manifest, view, size, s, enhance) for s in splits]
+        self.only = None if only_patients is None else frozenset(only_patients)
+        self.without = frozenset(without_patients or ())
         self.task = task
         self.shuffle = shuffle
         self.seed = seed
@@ -158,11 +166,38 @@ class TileStream(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Rows of this split of the tile kind (before the task's filtering)."""
-        return self.entry["rows"]
+        """Rows of the splits of the tile kind (before the task's and patients' filtering)."""
+        return sum(entry["rows"] for entry in self.entries)
+
+    def _keeps(self, patient: str) -> bool:
+        return (self.only is None or patient in self.only) and patient not in self.without
+
+    def _filtered(self) -> bool:
+        return self.only is not None or bool(self.without)
+
+    def context(self, columns: Sequence[str]) -> list[dict]:
+        """``columns`` of every row this stream yields, in the order it yields them when
+        unshuffled in one process (the rows' identity and subgroups, for held-out
+        predictions); reads no image."""
+        if self.shuffle:
+            raise ValueError(
+                "context() follows the unshuffled order: make a stream without shuffle"
+            )
+        names = list(dict.fromkeys([*self.task.columns, "patient_id", *columns]))
+        if self._remote():
+            self.cache = self.cache or ShardCache()
+        rows = []
+        for shard in self._shards():
+            table = self._read(shard, names)
+            values = {c: table.column(c).to_pylist() for c in names}
+            for i in range(table.num_rows):
+                label = self.task.label(tuple(values[c][i] for c in self.task.columns))
+                if label is not None and self._keeps(values["patient_id"][i]):
+                    rows.append({**{c: values[c][i] for c in columns}, "label": label})
+        return rows
 
     def _shards(self) -> list[dict]:
-        listed = list(self.entry["shards"])
+        listed = [shard for entry in self.entries for shard in entry["shards"]]
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(listed))
             listed = [listed[i] for i in order]
@@ -190,6 +225,9 @@ class TileStream(IterableDataset):
 
     def _rows(self) -> Iterator[tuple[np.ndarray, int]]:
         columns = ["image", "height", "width", *self.task.columns]
+        filtered = self._filtered()
+        if filtered:
+            columns.append("patient_id")
         listed = self._shards()
         pool, fetched = None, []
         if self._remote():
@@ -208,9 +246,10 @@ class TileStream(IterableDataset):
                 table = self._read(shard, columns)
                 tiles = shards.images(table)
                 values = zip(*(table.column(c).to_pylist() for c in self.task.columns), strict=True)
-                for tile, key in zip(tiles, values, strict=True):
+                patients = table.column("patient_id").to_pylist() if filtered else None
+                for i, (tile, key) in enumerate(zip(tiles, values, strict=True)):
                     label = self.task.label(key)
-                    if label is not None:
+                    if label is not None and (patients is None or self._keeps(patients[i])):
                         # A copy: a view would keep its whole shard alive in the shuffle
                         # buffer, and memory would grow with the shards the buffer touches.
                         yield tile.copy(), label

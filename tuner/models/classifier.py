@@ -21,7 +21,7 @@ from tuner.errors import UserError, unknown_choice
 from tuner.models.backbones import create_backbone, get_spec
 from tuner.models.weights import TRANSFERS, load_imagenet_state, load_mias_state
 
-__all__ = ["ModelArgs", "Classifier", "build_model", "stem_blocks"]
+__all__ = ["ModelArgs", "Classifier", "build_model", "stem_blocks", "class_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +143,15 @@ def build_model(args: ModelArgs, *, transfer: str = "random", weights_dir: str |
             logger.info("mini-MIAS weights not transferred (shape differs): %s", skipped)
         model.load_state_dict(taken, strict=False)
     return model
+
+
+def class_probabilities(
+    model: nn.Module, tiles: torch.Tensor, *, tta: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities of ``model`` for a batch of raw tiles (N, 1, H, W); with
+    ``tta``, averaged over the four flips of each tile (identity, left-right, up-down, both:
+    the flips training augments with, valid for both views)."""
+    if not tta:
+        return torch.softmax(model(tiles).float(), dim=1)
+    views = (tiles, tiles.flip(-1), tiles.flip(-2), tiles.flip(-1).flip(-2))
+    return torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)

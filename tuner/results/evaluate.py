@@ -23,7 +23,8 @@ from tuner.data import shards
 from tuner.data.stream import load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.errors import UserError
-from tuner.training.checkpoint import load_checkpoint
+from tuner.models.classifier import class_probabilities
+from tuner.training.checkpoint import ModelSet, load_checkpoint, open_model
 from tuner.training.metrics import binary_metrics, classification_metrics
 
 __all__ = [
@@ -39,7 +40,18 @@ __all__ = [
     "Evaluation",
 ]
 
-_CONTEXT = ("patient_id", "image_id", "abnormality_id", "view", "laterality", "variant", "lesion")
+_CONTEXT = (
+    "patient_id",
+    "image_id",
+    "abnormality_id",
+    "view",
+    "laterality",
+    "variant",
+    "lesion",
+    "breast_density",
+    "abnormality_type",
+    "subtlety",
+)
 
 
 @dataclass
@@ -60,9 +72,10 @@ class Predictions:
 
 @torch.no_grad()
 def predict_split(
-    checkpoint: str, data: str, split: str = "test", *, batch_size: int = 64
+    checkpoint: str, data: str, split: str = "test", *, batch_size: int = 64, tta: bool = False
 ) -> Predictions:
-    """Probabilities of one checkpoint for every row of ``split`` that its task labels.
+    """Probabilities of one checkpoint for every row of ``split`` that its task labels
+    (with ``tta``, averaged over the four flips of each tile).
 
     Raises:
         UserError: the dataset lacks the checkpoint's view/size/enhancement or the split.
@@ -81,7 +94,7 @@ def predict_split(
     def flush():
         if pending:
             tiles = torch.from_numpy(np.stack(pending))[:, None]
-            batches.append(torch.softmax(model(tiles).float(), dim=1).numpy())
+            batches.append(class_probabilities(model, tiles, tta=tta).numpy())
             pending.clear()
 
     root = storage.normalize(data)
@@ -160,28 +173,49 @@ def bootstrap_intervals(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups=None,
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (scipy) of every metric, resampling rows."""
+    """Percentile bootstrap intervals (scipy) of every metric, resampling rows, or with
+    ``groups`` (a patient id per row) resampling patients with all their rows, as the
+    rows of one patient are not independent."""
     from scipy.stats import bootstrap
 
     names = list(_metrics(labels, probabilities, threshold))
+    members = _group_rows(groups, len(labels))
 
     def statistic(index):
-        index = np.asarray(index, dtype=int)
+        index = np.concatenate([members[i] for i in np.asarray(index, dtype=int)])
         values = _metrics(labels[index], probabilities[index], threshold)
         return np.array([values[n] for n in names])
 
-    result = bootstrap(
-        (np.arange(len(labels)),),
-        statistic,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=False,
-        rng=np.random.default_rng(seed),
-    )
+    import warnings
+
+    from scipy.stats import DegenerateDataWarning
+
+    with warnings.catch_warnings():
+        # A metric that is the same in every resample (specificity 1.0) is a point interval.
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap(
+            (np.arange(len(members)),),
+            statistic,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=False,
+            rng=np.random.default_rng(seed),
+        )
     low, high = result.confidence_interval
     return {n: [float(lo), float(hi)] for n, lo, hi in zip(names, low, high, strict=True)}
+
+
+def _group_rows(groups, n: int) -> list[np.ndarray]:
+    """Row indices per group (one group per row when ``groups`` is None)."""
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    index: dict = defaultdict(list)
+    for i, group in enumerate(groups):
+        index[group].append(i)
+    return [np.array(rows) for _, rows in sorted(index.items())]
 
 
 def threshold_table(
@@ -202,43 +236,77 @@ def threshold_table(
 
 
 def evaluate(
-    checkpoints: list[str],
+    model: str | list[str] | ModelSet,
     data: str,
     *,
     split: str = "test",
     target_recall: float = 0.9,
     resamples: int = 1000,
+    threshold: float | None = None,
+    what: str = "evaluate",
+    key: str | None = None,
+    keep=None,
 ) -> dict:
-    """Evaluate one checkpoint, or the ensemble of several, on ``split`` of ``data``.
+    """Evaluate a checkpoint, the ensemble of several, or a promotion's final model, on
+    ``split`` of ``data``. This is the one door to the test split: a look at it is recorded
+    in the model's experiment's test ledger (:mod:`tuner.results.ledger`).
+
+    Args:
+        threshold: the operating threshold of two-class metrics (default: the final
+            model's, fixed on out-of-fold predictions, else 0.5).
+        what: what is looking, for the ledger ("evaluate", "promote p1").
+        key, keep: for a caller that keeps its own record of the look (a promotion): a key
+            stored with the ledger's entry, and a function of the report whose result is
+            stored with it, in the same write.
 
     Returns:
-        A JSON-able report: per-image and per-breast metrics with intervals, the confusion
-        matrix, the threshold table, and the predictions (under ``"_predictions"``).
+        A JSON-able report: per-image and per-breast metrics at the threshold with patient
+        bootstrap intervals, the confusion matrix, the threshold table, the ledger entry
+        (``test_look``) and the predictions (under ``"_predictions"``).
     """
     from sklearn.metrics import confusion_matrix
 
-    members = [predict_split(c, data, split) for c in checkpoints]
+    from tuner.results.ledger import record_look
+
+    models = model if isinstance(model, ModelSet) else None
+    if models is None:
+        listed = [model] if isinstance(model, str) else list(model)
+        models = open_model(listed[0]) if len(listed) == 1 else ModelSet("", listed)
+    members = [predict_split(c, data, split, tta=models.tta) for c in models.members]
     images = ensemble(members)
+    images = Predictions(images.classes, images.rows, models.calibrate(images.probabilities))
     binary = len(images.classes) == 2
+    if threshold is None:
+        threshold = models.threshold if models.threshold is not None else 0.5
     report: dict = {
-        "checkpoints": checkpoints,
+        "checkpoints": models.members,
+        "model": models.url or None,
         "data": storage.normalize(data),
         "split": split,
         "classes": images.classes,
         "rows": len(images.rows),
+        "threshold": threshold if binary else None,
+        "tta": models.tta,
+        "temperature": models.temperature,
     }
     levels = {"per_image": images}
     if binary:
         levels["per_breast"] = per_breast(images)
     for level, predictions in levels.items():
         labels, probabilities = predictions.labels, predictions.probabilities
+        patients = [r["patient_id"] for r in predictions.rows]
         entry = {
             "rows": len(labels),
-            "metrics": _metrics(labels, probabilities, 0.5),
-            "intervals_95": bootstrap_intervals(labels, probabilities, resamples=resamples),
+            "patients": len(set(patients)),
+            "metrics": _metrics(labels, probabilities, threshold),
+            "intervals_95": bootstrap_intervals(
+                labels, probabilities, threshold=threshold, resamples=resamples, groups=patients
+            ),
             "confusion_matrix": confusion_matrix(
                 labels,
-                (probabilities[:, 1] >= 0.5).astype(int) if binary else probabilities.argmax(1),
+                (probabilities[:, 1] >= threshold).astype(int)
+                if binary
+                else probabilities.argmax(1),
                 labels=list(range(len(images.classes))),
             ).tolist(),
         }
@@ -250,6 +318,19 @@ def evaluate(
             entry["target_recall"] = {"recall_goal": target_recall, **target}
         report[level] = entry
     report["_predictions"] = levels
+    if split == "test":
+        look = {
+            "what": what,
+            "data": report["data"],
+            "threshold": report["threshold"],
+            "metrics": json_safe(report["per_image"]["metrics"]),
+            "intervals_95": json_safe(report["per_image"]["intervals_95"]),
+        }
+        if key is not None:
+            look["key"] = key
+        if keep is not None:
+            look["report"] = keep(report)
+        report["test_look"] = record_look([models.url] if models.url else models.members, look)
     return report
 
 
@@ -258,8 +339,8 @@ class Level:
     """Figures at one level (per image, or per breast)."""
 
     rows: int
-    metrics: dict[str, float]  # at threshold 0.5 (two classes) or the most probable class
-    intervals_95: dict[str, tuple[float, float]]  # bootstrap, per metric
+    metrics: dict[str, float]  # at the threshold (two classes) or the most probable class
+    intervals_95: dict[str, tuple[float, float]]  # patient bootstrap, per metric
     confusion_matrix: list[list[int]]
     thresholds: list[dict] | None = None  # the threshold table (two classes)
     target_recall: dict | None = None  # the threshold reaching the recall goal, and its cost
@@ -288,6 +369,8 @@ class Evaluation:
     per_image: Level
     per_breast: Level | None
     written: list[str]
+    threshold: float | None = None  # the operating threshold of the metrics (two classes)
+    test_look: dict | None = None  # on the test split: {"ledger", "look", "looks_before"}
     report: dict = field(repr=False, default_factory=dict)  # report.json's content
 
     @classmethod
@@ -302,6 +385,8 @@ class Evaluation:
             per_image=Level.from_entry(report["per_image"]),
             per_breast=Level.from_entry(report["per_breast"]) if "per_breast" in report else None,
             written=list(written),
+            threshold=report.get("threshold"),
+            test_look=report.get("test_look"),
             report=plain,
         )
 

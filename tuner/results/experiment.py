@@ -17,6 +17,7 @@ from tuner.results.leaderboard import (
     Status,
     Trial,
     download_checkpoint,
+    download_model,
     experiment_file,
     leaderboard,
     status,
@@ -108,13 +109,108 @@ class Experiment:
         return ranked[:top]
 
     def download(self, dest: str) -> str:
-        """Copy the best checkpoint into ``dest`` (a new or empty folder or URL); returns it.
+        """Copy the model to use into ``dest`` (a new or empty folder or URL); returns it:
+        the newest promotion's final model when there is one, else the best checkpoint.
 
         Raises:
             UserError: no checkpoint yet, or ``dest`` already holds files (nothing is
                 overwritten).
         """
+        promoted = self.promotion()
+        if promoted is not None:
+            return download_model(promoted.final_model, dest)
         return download_checkpoint(self.best().checkpoint, dest)
+
+    def promotion(self, promotion_id: str | None = None):
+        """A finished promotion (:class:`tuner.Promotion`): ``promotion_id``, or the newest;
+        None when there is none."""
+        from tuner.promote.result import latest_promotion, read_promotion
+
+        if promotion_id is None:
+            return latest_promotion(self.url)
+        return read_promotion(self.url, promotion_id)
+
+    def promote(
+        self,
+        *,
+        data: str | None = None,
+        top: int = 3,
+        folds: int = 5,
+        seeds: int = 2,
+        final: str = "folds",
+        tta: bool = False,
+        target_recall: float = 0.9,
+        overrides: dict | None = None,
+        promotion_id: str | None = None,
+        seed: int = 0,
+        resamples: int = 1000,
+        max_failures: int = 1,
+        resume: bool = False,
+        address: str | None = None,
+        console=None,
+        log: Callable[[str], None] | None = None,
+    ):
+        """Promote the search's ``top`` best configurations to one model
+        (``mammotune promote``); returns the :class:`tuner.Promotion`.
+
+        Each candidate is cross-validated on train+val in ``folds`` patient-grouped,
+        label-stratified folds with ``seeds`` seeds, every (candidate, fold, seed) a trial
+        of one Ray Tune run under ``promotions/<id>/``. Candidates are ranked by the lower
+        bound of their out-of-fold (OOF) AUC's patient-bootstrap interval. The final model
+        is the winner's fold models averaged (``final="folds"``) or a refit on all of
+        train+val for the median best epoch of its folds (``"refit"``), optionally with flip
+        TTA; its threshold (reaching ``target_recall``) and temperature come from OOF
+        predictions only. The test split is then evaluated once, and the look recorded in
+        ``test_ledger.json``.
+
+        Args:
+            data: the prepared dataset (default: the search's).
+            overrides: trial settings for every candidate, e.g. ``{"epochs": 2}``.
+            promotion_id: its name (default p1, p2, ...).
+            seed: seeds the folds and the bootstrap; trials train with seed, seed+1000, ...
+            resume: go on with the interrupted promotion ``promotion_id`` (default: the
+                newest unfinished one); the other settings are its own.
+            address: a Ray cluster (default: RAY_ADDRESS, else a local Ray).
+
+        Raises:
+            UserError: fewer finished trials than ``top``, more folds than the rarest
+                class's patients, a dataset without train+val, a promotion id that exists;
+                nothing is written.
+        """
+        import os
+
+        from tuner.cluster import check_gpus, connect
+        from tuner.promote.result import Promotion
+        from tuner.promote.runner import plan_promotion, resume_promotion, run_promotion
+
+        emit = log or logging.getLogger("tuner").info
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if resume:
+            connect(address)
+            found = resume_promotion(self.url, promotion_id, console=console, log=emit)
+        else:
+            plan = plan_promotion(
+                self.url,
+                data=data,
+                top=top,
+                folds=folds,
+                seeds=seeds,
+                final=final,
+                tta=tta,
+                target_recall=target_recall,
+                overrides=overrides,
+                promotion_id=promotion_id,
+                seed=seed,
+                resamples=resamples,
+            )
+            dashboard = connect(address)
+            check_gpus(plan["resources"]["gpu"], address)
+            if dashboard:
+                emit(f"Ray dashboard: {dashboard}")
+            found = run_promotion(plan, console=console, max_failures=max_failures, log=emit)
+        from tuner.promote.result import PROMOTIONS
+
+        return Promotion.from_json(storage.join(self.url, PROMOTIONS, found["id"]), found)
 
     def resume(
         self, *, address: str | None = None, log: Callable[[str], None] | None = None

@@ -32,6 +32,7 @@ __all__ = [
     "leaderboard",
     "status",
     "download_checkpoint",
+    "download_model",
     "pareto_front",
 ]
 
@@ -88,6 +89,7 @@ class Leaderboard:
     dimensions: list[str]
     trials: list[Trial]
     best: Trial | None  # the best trial that has a checkpoint
+    promotion: dict | None = None  # the newest finished promotion: id, summary, final_model
 
     @property
     def multi_objective(self) -> bool:
@@ -117,6 +119,7 @@ class Status:
     metric: str
     best: Trial | None
     errors: dict[str, str] = field(default_factory=dict)  # trial id -> reason
+    promotion: dict | None = None  # the newest finished promotion: id, summary, final_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +133,8 @@ class Status:
         value = self.best.value if self.best is not None else None
         if value is not None:
             line += f"; best {self.metric} {value:.4f} ({self.best.trial_id})"
+        if self.promotion:
+            line += f"; {self.promotion['summary']}"
         return line
 
 
@@ -248,7 +253,17 @@ def leaderboard(experiment: str) -> Leaderboard:
         dimensions=_dimensions(meta["space"]),
         trials=ranked,
         best=next((t for t in ranked if t.checkpoint), None),
+        promotion=_promotion(experiment),
     )
+
+
+def _promotion(experiment: str) -> dict | None:
+    from tuner.promote.result import latest_promotion
+
+    found = latest_promotion(experiment)
+    if found is None:
+        return None
+    return {"id": found.id, "summary": found.summary(), "final_model": found.final_model}
 
 
 def status(experiment: str) -> Status:
@@ -272,6 +287,7 @@ def status(experiment: str) -> Status:
         metric=board.metric,
         best=board.best,
         errors={t.trial_id: t.error for t in board.trials if t.error},
+        promotion=board.promotion,
     )
 
 
@@ -305,4 +321,23 @@ def download_checkpoint(checkpoint: str, dest: str) -> str:
         storage.write_bytes(
             storage.join(dest, name), storage.read_bytes(storage.join(checkpoint, name))
         )
+    return dest
+
+
+def download_model(model: str, dest: str) -> str:
+    """Copy a promotion's final model (``model.json`` and its member checkpoints) to
+    ``dest``, a new or empty folder or URL; returns ``dest``. The copy is evaluated and
+    predicted with as the original (its test looks are no longer traced to the experiment).
+
+    Raises:
+        UserError: ``dest`` already holds files (nothing is overwritten).
+    """
+    dest = storage.normalize(dest)
+    fs, path = storage.filesystem(dest)
+    if fs.exists(path) and fs.ls(path):
+        raise UserError(f"{dest} is not empty; choose a new, empty folder to download to")
+    meta = storage.read_json(storage.join(model, "model.json"))
+    for member in meta["members"]:
+        download_checkpoint(storage.join(model, member), storage.join(dest, member))
+    storage.write_json(storage.join(dest, "model.json"), meta)
     return dest

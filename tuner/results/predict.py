@@ -16,7 +16,8 @@ import torch
 from tuner.data.preprocess import Preprocessing
 from tuner.data.single import model_input
 from tuner.errors import UserError
-from tuner.training.checkpoint import load_checkpoint
+from tuner.models.classifier import class_probabilities
+from tuner.training.checkpoint import load_checkpoint, open_model
 
 __all__ = ["predict_files"]
 
@@ -26,15 +27,17 @@ def predict_files(
     checkpoint: str,
     files: list[str],
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     roi_mask: str | Path | None = None,
     roi_box: tuple[int, int, int, int] | None = None,
 ) -> dict:
     """Probabilities per class for each file, and the predicted class.
 
-    For two classes the prediction is the positive class when its probability reaches
-    ``threshold`` (pick one from ``evaluate``'s threshold table, e.g. for 0.90 recall); for
-    more classes it is the most probable class.
+    ``checkpoint`` may be a promotion's final model: its members' probabilities are
+    averaged (over flips too, with its TTA) and temperature-scaled. For two classes the
+    prediction is the positive class when its probability reaches ``threshold`` (default:
+    the final model's, fixed on out-of-fold predictions, else 0.5); for more classes it is
+    the most probable class.
 
     Args:
         roi_mask: ROI-view models: a mask image file of the finding in the one file given.
@@ -57,16 +60,25 @@ def predict_files(
             f"a ROI belongs to one mammogram, but {len(files)} files were given: "
             "predict one file at a time with its ROI mask or box"
         )
-    model, meta, _ = load_checkpoint(checkpoint)
+    models = open_model(checkpoint)
+    loaded = [load_checkpoint(member)[:2] for member in models.members]
+    meta = loaded[0][1]
     preprocessing = Preprocessing.from_checkpoint_meta(meta)
+    if any(Preprocessing.from_checkpoint_meta(m) != preprocessing for _, m in loaded):
+        raise UserError(f"{checkpoint}: its members were trained on different inputs")
+    if threshold is None:
+        threshold = models.threshold if models.threshold is not None else 0.5
     if roi is None and preprocessing.view == "roi":
         roi = "whole file"
     classes = meta["task"]["classes"]
     results = []
     for path in files:
         pixels = model_input(path, preprocessing, roi_mask=roi_mask, roi_box=roi_box)
-        probabilities = torch.softmax(model(torch.from_numpy(pixels)[None, None]), dim=1)[0]
-        p = probabilities.numpy().astype(float)
+        tiles = torch.from_numpy(pixels)[None, None]
+        averaged = np.mean(
+            [class_probabilities(m, tiles, tta=models.tta).numpy() for m, _ in loaded], axis=0
+        )
+        p = models.calibrate(averaged)[0].astype(float)
         if len(classes) == 2:
             predicted = classes[1] if p[1] >= threshold else classes[0]
         else:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from tuner import storage
@@ -17,7 +19,16 @@ from tuner.errors import UserError
 from tuner.models.classifier import Classifier, ModelArgs, build_model
 from tuner.models.weights import read_state
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "read_meta"]
+__all__ = [
+    "FORMAT",
+    "MODEL",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_meta",
+    "ModelSet",
+    "open_model",
+    "temper",
+]
 
 FORMAT = "mammotune-checkpoint/1"
 STATE, META = "state.pt", "checkpoint.json"
@@ -71,3 +82,58 @@ def load_checkpoint(checkpoint: str) -> tuple[Classifier, dict, dict]:
             "keep each checkpoint's two files together"
         ) from None
     return model.eval(), meta, state
+
+
+# A promotion's final model: several checkpoints (the fold models) whose probabilities are
+# averaged, with flip TTA, a temperature and an operating threshold fixed on out-of-fold
+# predictions. ``model.json`` names the member folders relative to itself.
+MODEL, MODEL_FORMAT = "model.json", "mammotune-model/1"
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """What evaluate and predict score with: one checkpoint, or a promotion's final model."""
+
+    url: str
+    members: list[str]  # checkpoint URLs
+    tta: bool = False
+    temperature: float = 1.0
+    threshold: float | None = None  # the operating threshold (two classes), if fixed
+    meta: dict = field(default_factory=dict)  # model.json
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """Temperature scaling of averaged class probabilities: softmax(log p / T)."""
+        return temper(probabilities, self.temperature)
+
+
+def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T), row-wise: T > 1 softens, T < 1 sharpens, T = 1 keeps ``p``."""
+    if temperature == 1.0:
+        return np.asarray(probabilities)
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def open_model(url: str) -> ModelSet:
+    """A checkpoint folder, or a final model folder (``model.json``), as a :class:`ModelSet`.
+
+    Raises:
+        UserError: neither is there.
+    """
+    url = storage.normalize(url)
+    if storage.exists(storage.join(url, MODEL)):
+        meta = storage.read_json(storage.join(url, MODEL))
+        if meta.get("format") != MODEL_FORMAT:
+            raise UserError(f"{url}/{MODEL}: unknown model format {meta.get('format')!r}")
+        return ModelSet(
+            url=url,
+            members=[storage.join(url, m) for m in meta["members"]],
+            tta=bool(meta.get("tta", False)),
+            temperature=float(meta.get("temperature", 1.0)),
+            threshold=meta.get("threshold"),
+            meta=meta,
+        )
+    read_meta(url)  # a UserError when it is no checkpoint either
+    return ModelSet(url=url, members=[url])

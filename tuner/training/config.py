@@ -97,6 +97,10 @@ class TrialConfig(BaseModel):
     seed: int = 0
     loader_workers: int = 0
     augment_on_gpu: bool = False  # flips and quarter turns on the GPU instead of CPU workers
+    # set by a promotion (cross-validation by patient): the fold assignment's URL and the
+    # held-out fold; folds without a fold trains on all of train+val (a refit)
+    folds: str | None = None
+    fold: int | None = None
 
     @field_validator("backbone")
     @classmethod

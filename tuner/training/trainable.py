@@ -28,7 +28,7 @@ import tuner
 from tuner.data.preprocess import whole_shape
 from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
-from tuner.models.classifier import ModelArgs, build_model
+from tuner.models.classifier import ModelArgs, build_model, class_probabilities
 from tuner.models.weights import read_state
 from tuner.telemetry import record_epoch
 from tuner.training.checkpoint import META, STATE, save_checkpoint
@@ -273,6 +273,74 @@ def _node_id() -> str:
         return ""
 
 
+# The held-out context a promotion keeps with each out-of-fold prediction: identity and the
+# subgroups it reports on.
+HELDOUT = "heldout.json"
+HELDOUT_CONTEXT = (
+    "patient_id",
+    "image_id",
+    "abnormality_id",
+    "lesion",
+    "variant",
+    "view",
+    "laterality",
+    "breast_density",
+    "abnormality_type",
+    "subtlety",
+)
+_ONE_PROCESS = {"num_workers": 0, "persistent_workers": False}
+
+
+def _fold_streams(cfg: TrialConfig, manifest: dict, stream: dict, *, on_gpu: bool, square: bool):
+    """Train on train+val without the held-out fold's patients; hold that fold out (none for
+    a refit, ``fold`` None)."""
+    from tuner import storage
+
+    assignment = storage.read_json(cfg.folds)["patients"]
+    heldout = {p for p, f in assignment.items() if f == cfg.fold}
+    both = ("train", "val")
+    train_set = TileStream(
+        cfg.data,
+        manifest,
+        split=both,
+        shuffle=True,
+        seed=cfg.seed,
+        augment=default_augment(square=square, flips=not on_gpu),
+        without_patients=heldout,
+        **stream,
+    )
+    if cfg.fold is None:
+        return train_set, None
+    return train_set, TileStream(cfg.data, manifest, split=both, only_patients=heldout, **stream)
+
+
+def _write_heldout(directory, model, heldout, validated, device, precision) -> None:
+    """The last epoch's predictions on the held-out fold, with each row's context, plain and
+    with flip TTA, into the checkpoint (``heldout.json``): the trial's out-of-fold part."""
+    rows = heldout.context(HELDOUT_CONTEXT)
+    plain = validated["probabilities"]
+    if len(rows) != len(plain) or any(
+        r["label"] != int(y) for r, y in zip(rows, validated["labels"], strict=True)
+    ):
+        raise RuntimeError("held-out rows and their predictions do not line up")
+    model.eval()
+    flipped = []
+    with torch.no_grad():
+        for tiles, _ in DataLoader(heldout, batch_size=64, **_ONE_PROCESS):
+            with _autocast(device, precision):
+                tiles = _to_device(tiles, device)
+                flipped.append(class_probabilities(model, tiles, tta=True).cpu().numpy())
+    with open(f"{directory}/{HELDOUT}", "w") as f:
+        json.dump(
+            {
+                "rows": rows,
+                "probabilities": np.asarray(plain).round(6).tolist(),
+                "probabilities_tta": np.concatenate(flipped).round(6).tolist(),
+            },
+            f,
+        )
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable: one trial of the search."""
     from ray import tune
@@ -319,6 +387,8 @@ def train_trial(config: dict) -> None:
         **stream,
     )
     val_set = TileStream(cfg.data, manifest, split="val", **stream)
+    if cfg.folds:
+        train_set, val_set = _fold_streams(cfg, manifest, stream, on_gpu=on_gpu, square=square)
     loader = dict(
         batch_size=cfg.batch_size,
         num_workers=cfg.loader_workers,
@@ -326,7 +396,10 @@ def train_trial(config: dict) -> None:
         persistent_workers=cfg.loader_workers > 0,
     )
     train_loader = DataLoader(train_set, **loader)
-    val_loader = DataLoader(val_set, **loader)
+    # Held-out folds are scored in one process so that rows keep the order of their context.
+    val_loader = None if val_set is None else DataLoader(val_set, **{**loader, **_ONE_PROCESS})
+    if not cfg.folds:
+        val_loader = DataLoader(val_set, **loader)
 
     start_epoch, best_loss, stale = 0, math.inf, 0
     resumed = tune.get_checkpoint()
@@ -359,8 +432,12 @@ def train_trial(config: dict) -> None:
             precision=cfg.precision,
             scaler=scaler,
         )
-        validated = evaluate(model, val_loader, loss_fn, device=device, precision=cfg.precision)
-        scores = classification_metrics(validated["labels"], validated["probabilities"])
+        if val_loader is None:  # a refit on all of train+val: nothing held out
+            validated = {"loss": math.nan, "labels": None}
+            scores = {}
+        else:
+            validated = evaluate(model, val_loader, loss_fn, device=device, precision=cfg.precision)
+            scores = classification_metrics(validated["labels"], validated["probabilities"])
         if validated["loss"] < best_loss:
             best_loss, stale = validated["loss"], 0
         else:
@@ -408,6 +485,8 @@ def train_trial(config: dict) -> None:
         }
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(directory, model=model, optimizer=optimizer, meta=meta)
+            if cfg.folds and val_set is not None and epoch + 1 == cfg.epochs:
+                _write_heldout(directory, model, val_set, validated, device, cfg.precision)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         if stop:
             return  # within-trial early stopping: validation loss stopped improving
