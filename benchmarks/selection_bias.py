@@ -159,8 +159,9 @@ def main() -> None:
     results_file = WORK.parent / "selection_bias.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     done = {(r["difficulty"], r["rep"]) for r in results}
-    for difficulty in [float(d) for d in args.difficulties.split(",")]:
-        for rep in range(args.reps):
+    # Repetition by repetition, both difficulties each: a stopped run has both.
+    for rep in range(args.reps):
+        for difficulty in [float(d) for d in args.difficulties.split(",")]:
             if (difficulty, rep) in done:
                 continue
             result = one_repetition(difficulty, rep, args)
@@ -172,25 +173,30 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     print(
-        "\n| difficulty | reps | search optimism (best val - its test) | OOF error "
-        "(|OOF - final test|) | ratio | final test AUC | single best test AUC | final - single "
-        "(paired, CIs excluding 0: +/-) | promotion compute / search |"
+        "\n| difficulty | reps | search optimism: best val - its test (mean, sd) | OOF error: "
+        "abs(OOF - final test) (mean; signed mean) | OOF error / optimism | final test AUC | "
+        "single best test AUC | final - single (mean; paired CIs above/below 0) | winner = "
+        "search best | promotion compute / search |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for difficulty in sorted({r["difficulty"] for r in results}):
         rows = [r for r in results if r["difficulty"] == difficulty]
-        optimism = np.mean([r["optimism"] for r in rows])
-        error = np.mean([r["oof_error"] for r in rows])
+        optimism = [r["optimism"] for r in rows]
+        error = float(np.mean([r["oof_error"] for r in rows]))
+        signed = float(np.mean([r["oof_signed"] for r in rows]))
         diffs = [r["final_minus_single"] for r in rows]
         above = sum(d["ci95"][0] > 0 for d in diffs)
         below = sum(d["ci95"][1] < 0 for d in diffs)
+        ratio = error / np.mean(optimism) if np.mean(optimism) > 0 else float("nan")
+        final = np.mean([r["final_test_auc"] for r in rows])
+        single = np.mean([r["search_best_test_auc"] for r in rows])
+        same = sum(r["winner_is_search_best"] for r in rows)
+        compute = np.mean([r["compute_ratio"] for r in rows])
         print(
-            f"| {difficulty} | {len(rows)} | {optimism:+.3f} (sd {np.std([r['optimism'] for r in rows]):.3f}) "
-            f"| {error:.3f} | {error / optimism if optimism > 0 else float('nan'):.2f} "
-            f"| {np.mean([r['final_test_auc'] for r in rows]):.3f} "
-            f"| {np.mean([r['search_best_test_auc'] for r in rows]):.3f} "
-            f"| {np.mean([d['difference'] for d in diffs]):+.3f} ({above}+/{below}-) "
-            f"| {np.mean([r['compute_ratio'] for r in rows]):.2f}x |"
+            f"| {difficulty} | {len(rows)} | {np.mean(optimism):+.3f} ({np.std(optimism):.3f}) "
+            f"| {error:.3f} ({signed:+.3f}) | {ratio:.2f} | {final:.3f} | {single:.3f} "
+            f"| {np.mean([d['difference'] for d in diffs]):+.3f} ({above} above, {below} below) "
+            f"| {same}/{len(rows)} | {compute:.2f}x |"
         )
 
 

@@ -379,6 +379,12 @@ def evaluate(
         if ensemble != 1:
             raise UserError("an ensemble takes the best checkpoints of an experiment, not one")
         model = open_model(url)
+        if model.meta and split in ("train", "val"):
+            logger.warning(
+                "warning: a final model's members trained on train+val: its figures on %s "
+                "are not held out (its out-of-fold figures are in promotion.json)",
+                split,
+            )
     elif storage.exists(storage.join(url, EXPERIMENT_FILE)):
         model = Experiment.open(url).checkpoints(ensemble)
     else:

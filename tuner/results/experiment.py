@@ -187,6 +187,7 @@ class Experiment:
         address = address or os.environ.get("RAY_ADDRESS") or None
         if resume:
             connect(address)
+            check_gpus(self.space.resources.gpu, address)
             found = resume_promotion(self.url, promotion_id, console=console, log=emit)
         else:
             plan = plan_promotion(
