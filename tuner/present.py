@@ -179,6 +179,18 @@ def status(console: Console, summary: Status) -> None:
     _promoted(console, summary.promotion)
 
 
+def _flagged(console: Console, where: str, table: dict) -> None:
+    """The subgroups whose AUC interval lies wholly below the overall AUC, if any."""
+    flagged = [
+        f"{column}={value}"
+        for column, slices in table["slices"].items()
+        for value, entry in slices.items()
+        if entry["flagged"]
+    ]
+    if flagged:
+        console.print(f"{where} subgroups below the overall AUC: {', '.join(flagged)}")
+
+
 def promotion(console: Console, result: Promotion) -> None:
     """The candidates' cross-validation, the winner, its calibration and the test look."""
     data = result.data
@@ -236,14 +248,7 @@ def promotion(console: Console, result: Promotion) -> None:
             f"(OOF recall {at['recall']:.3f}, specificity {at['specificity']:.3f})"
         )
     console.print(line, soft_wrap=True)
-    flagged = [
-        f"{column}={value}"
-        for column, slices in data["oof_subgroups"]["slices"].items()
-        for value, entry in slices.items()
-        if entry["flagged"]
-    ]
-    if flagged:
-        console.print(f"OOF subgroups below the overall AUC: {', '.join(flagged)}")
+    _flagged(console, "OOF", data["oof_subgroups"])
     test = result.test
     if test:
         look = test.get("test_look") or {}
@@ -258,14 +263,7 @@ def promotion(console: Console, result: Promotion) -> None:
             f"{test['per_image']['patients']} patients): {', '.join(parts)}",
             soft_wrap=True,
         )
-        flagged = [
-            f"{column}={value}"
-            for column, slices in test["subgroups"]["slices"].items()
-            for value, entry in slices.items()
-            if entry["flagged"]
-        ]
-        if flagged:
-            console.print(f"test subgroups below the overall AUC: {', '.join(flagged)}")
+        _flagged(console, "test", test["subgroups"])
     else:
         console.print("no test split in this dataset: nothing was looked at")
     compute = data["compute"]

@@ -306,6 +306,15 @@ def _error_reason(text: str) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
+def _new_folder(dest: str) -> str:
+    """``dest`` normalized, after checking it holds nothing (nothing is overwritten)."""
+    dest = storage.normalize(dest)
+    fs, path = storage.filesystem(dest)
+    if fs.exists(path) and fs.ls(path):
+        raise UserError(f"{dest} is not empty; choose a new, empty folder to download to")
+    return dest
+
+
 def download_checkpoint(checkpoint: str, dest: str) -> str:
     """Copy a checkpoint (``state.pt`` + ``checkpoint.json``) to ``dest``, a new or empty
     folder or URL; returns ``dest``.
@@ -313,10 +322,7 @@ def download_checkpoint(checkpoint: str, dest: str) -> str:
     Raises:
         UserError: ``dest`` already holds files (nothing is overwritten).
     """
-    dest = storage.normalize(dest)
-    fs, path = storage.filesystem(dest)
-    if fs.exists(path) and fs.ls(path):
-        raise UserError(f"{dest} is not empty; choose a new, empty folder to download to")
+    dest = _new_folder(dest)
     for name in ("state.pt", "checkpoint.json"):
         storage.write_bytes(
             storage.join(dest, name), storage.read_bytes(storage.join(checkpoint, name))
@@ -327,15 +333,13 @@ def download_checkpoint(checkpoint: str, dest: str) -> str:
 def download_model(model: str, dest: str) -> str:
     """Copy a promotion's final model (``model.json`` and its member checkpoints) to
     ``dest``, a new or empty folder or URL; returns ``dest``. The copy is evaluated and
-    predicted with as the original (its test looks are no longer traced to the experiment).
+    predicted with as the original, and its test looks go to the ledger of the experiment
+    its ``model.json`` names.
 
     Raises:
         UserError: ``dest`` already holds files (nothing is overwritten).
     """
-    dest = storage.normalize(dest)
-    fs, path = storage.filesystem(dest)
-    if fs.exists(path) and fs.ls(path):
-        raise UserError(f"{dest} is not empty; choose a new, empty folder to download to")
+    dest = _new_folder(dest)
     meta = storage.read_json(storage.join(model, "model.json"))
     for member in meta["members"]:
         download_checkpoint(storage.join(model, member), storage.join(dest, member))
