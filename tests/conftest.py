@@ -158,6 +158,29 @@ def experiment(prepared, ray_local, tmp_path_factory) -> Path:
     return exp
 
 
+# A real promotion of the session's tiny search, on a copy of its experiment (so that the
+# test ledger's looks are the promotion's own): 2 candidates x 2 folds x 2 seeds = 8 trials
+# of 2 epochs (about 2 minutes on 2 CPUs), shared by the promote and results tests.
+PROMOTE = ["--top", "2", "--folds", "2", "--seeds", "2", "--set", "epochs=2"]
+PROMOTE += ["--resamples", "200"]
+
+
+@pytest.fixture(scope="session")
+def promoted(experiment, tmp_path_factory):
+    """(experiment copy, promotion.json) of ``promote EXP`` with :data:`PROMOTE`."""
+    import json
+    import shutil
+
+    from tuner.cli import main
+
+    copy = tmp_path_factory.mktemp("promoted") / "exp"
+    shutil.copytree(experiment, copy)
+    (copy / "test_ledger.json").unlink(missing_ok=True)
+    assert main(["promote", str(copy), *PROMOTE, "--json"]) == 0
+    promotion = json.loads((copy / "promotions" / "p1" / "promotion.json").read_text())
+    return copy, promotion
+
+
 def trial_rows(fs, path: str) -> dict[str, list[dict]]:
     """Each trial folder's reported epochs (Tune's result.json), by folder name; ``path`` is
     a folder or URL on ``fs``."""

@@ -41,6 +41,8 @@ _EXPORTS = {
     "presets": "tuner.api",
     "evaluate": "tuner.api",
     "predict": "tuner.api",
+    "report": "tuner.api",
+    "export": "tuner.api",
     "pretrain_mias": "tuner.api",
     "fetch_weights": "tuner.api",
     "submit": "tuner.api",
@@ -54,6 +56,8 @@ _EXPORTS = {
     "Status": "tuner.results.leaderboard",
     "Evaluation": "tuner.results.evaluate",
     "Promotion": "tuner.promote.result",
+    "Report": "tuner.results.report",
+    "Bundle": "tuner.results.bundle",
     "Dataset": "tuner.data.dataset",
     "Synthetic": "tuner.data.dataset",
     "SearchSpace": "tuner.config",
@@ -70,6 +74,8 @@ __all__ = [  # spelled out for tools that read it statically; a test checks it i
     "presets",
     "evaluate",
     "predict",
+    "report",
+    "export",
     "pretrain_mias",
     "fetch_weights",
     "submit",
@@ -83,6 +89,8 @@ __all__ = [  # spelled out for tools that read it statically; a test checks it i
     "Status",
     "Evaluation",
     "Promotion",
+    "Report",
+    "Bundle",
     "Dataset",
     "Synthetic",
     "SearchSpace",
@@ -102,12 +110,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
         Predictions,
         Pretrained,
         evaluate,
+        export,
         fetch_weights,
         load_space,
         predict,
         prepare,
         presets,
         pretrain_mias,
+        report,
         submit,
         synth,
     )
@@ -115,9 +125,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from tuner.data.dataset import Dataset, Synthetic
     from tuner.errors import UserError
     from tuner.models.backbones import register_backbone
+    from tuner.promote.result import Promotion
+    from tuner.results.bundle import Bundle
     from tuner.results.evaluate import Evaluation
     from tuner.results.experiment import Experiment
     from tuner.results.leaderboard import Leaderboard, Status, Trial
+    from tuner.results.report import Report
 
 
 def __getattr__(name: str):

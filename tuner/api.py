@@ -411,6 +411,7 @@ class Prediction:
     probabilities: dict[str, float]
     predicted: str
     roi: str | None  # ROI models: where the tile came from ("mask", "box", "whole file")
+    heatmap: str | None = None  # with heatmap=: the Grad-CAM overlay PNG
 
 
 @dataclass(frozen=True)
@@ -436,13 +437,15 @@ def predict(
     threshold: float | None = None,
     roi_mask: str | Path | None = None,
     roi_box: Sequence[int] | None = None,
+    heatmap: str | Path | None = None,
 ) -> Predictions:
     """Class probabilities for DICOM or image files, through the preprocessing the
     checkpoint was trained with (``mammotune predict``).
 
     Args:
-        checkpoint: a checkpoint folder or URL (``Experiment.best().checkpoint``), or a
-            promotion's final model (``Promotion.final_model``).
+        checkpoint: a checkpoint folder or URL (``Experiment.best().checkpoint``), a
+            promotion's final model (``Promotion.final_model``), or an export bundle
+            (:func:`export`: run with ONNX Runtime or TorchScript).
         files: DICOM, PNG, PGM, JPEG or TIFF files (full mammograms for a whole-image model).
         threshold: the positive class's threshold (two classes); default: a final
             model's own (fixed on out-of-fold predictions), else 0.5.
@@ -450,10 +453,13 @@ def predict(
             mask image, or x0, y0, x1, y1 in its pixels): the tile is then cut exactly as
             ``prepare`` cut the training tiles. Without either, each file is taken to be the
             finding's tile.
+        heatmap: a new or empty folder for Grad-CAM overlays over the tile the model saw,
+            one PNG per file (checkpoints, final models, TorchScript bundles).
 
     Raises:
-        UserError: a missing argument, an unreadable checkpoint or file, a ROI for a
-            whole-image model or for several files.
+        UserError: a missing argument, an unreadable checkpoint, bundle or file, a bundle
+            edited since export, a ROI for a whole-image model or for several files, a
+            heatmap folder that holds files or a heatmap from an ONNX bundle.
     """
     from tuner.results.predict import predict_files
 
@@ -475,6 +481,7 @@ def predict(
         threshold=threshold,
         roi_mask=None if roi_mask is None else str(roi_mask),
         roi_box=roi_box,
+        heatmap=None if heatmap is None else str(heatmap),
     )
     return Predictions(
         checkpoint=result["checkpoint"],
@@ -487,10 +494,65 @@ def predict(
                 probabilities=item["probabilities"],
                 predicted=item["predicted"],
                 roi=item.get("roi"),
+                heatmap=item.get("heatmap"),
             )
             for item in result["predictions"]
         ],
     )
+
+
+# ----------------------------------------------------------------------- report, export
+def report(experiment: str | Path | Experiment | None = None, *, out: str | Path | None = None):
+    """Write an experiment's self-contained HTML report and ``model_card.json`` beside it
+    (``mammotune report``); returns a :class:`tuner.Report`.
+
+    The report holds the search (trials by state, a compute ledger, learning curves with
+    early stops, Optuna fANOVA importance, slice and parallel-coordinate plots, the
+    leaderboard, the best config), the data (counts, leakage, skipped inputs), the newest
+    promotion (CV table, seed spread, OOF threshold table, test figures with intervals at
+    the OOF threshold, curves, subgroups, the test looks recorded) and a model card. Every
+    image is inline: the file works offline. An experiment with no finished trial gets a
+    report that says so.
+
+    Args:
+        experiment: the search's storage location, or an :class:`Experiment`.
+        out: the HTML file to write (default ``EXP/reports/<UTC time>/report.html``; must
+            not exist, nor ``model_card.json`` beside it).
+
+    Raises:
+        UserError: no experiment there, or ``out`` exists.
+    """
+    from tuner.results.report import search_report
+
+    _require("report", experiment=experiment)
+    return search_report(_url(experiment), None if out is None else str(out))
+
+
+def export(model: Any = None, out: str | Path | None = None, *, format: str = "onnx"):
+    """Export a model as a bundle another inference stack can run (``mammotune export``);
+    returns the opened :class:`tuner.Bundle`.
+
+    The bundle folder holds the model as one graph (raw tiles in, calibrated probabilities
+    out: an ensemble's members averaged, its TTA and temperature inside), ``bundle.json``
+    (classes, threshold, input shape, checksums), ``preprocessing.json`` (how a file becomes
+    the input, the path training tiles were made by) and ``model_card.json``. Run it with
+    :func:`predict`, or with ONNX Runtime / libtorch directly.
+
+    Args:
+        model: a checkpoint, a promotion's final model or folder, a trial folder, or an
+            experiment (its newest promotion's final model, else its best checkpoint).
+        out: a new folder or URL (it must not exist).
+        format: "onnx" (ONNX Runtime) or "torchscript" (also carries Grad-CAM's ``explain``).
+
+    Raises:
+        UserError: an unknown format, ``out`` exists, nothing loadable at ``model``, or an
+            errored trial.
+    """
+    from tuner.results.bundle import export_model, open_bundle
+
+    _require("export", model=model, out=out)
+    written = export_model(_url(model), str(out), fmt=format, log=logging.getLogger("tuner").info)
+    return open_bundle(written["url"])
 
 
 # ---------------------------------------------------------------------------- weights

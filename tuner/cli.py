@@ -401,7 +401,10 @@ def cmd_evaluate(args) -> None:
 
 def _predict(commands) -> None:
     p = commands.add_parser("predict", help="class probabilities for DICOM or PNG files")
-    p.add_argument("checkpoint", help="checkpoint or final model (promotions/<id>/final)")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint, final model (promotions/<id>/final) or export bundle (mammotune export)",
+    )
     p.add_argument("files", nargs="+", help="DICOM, PNG, PGM, JPEG or TIFF files")
     p.add_argument(
         "--threshold",
@@ -423,6 +426,12 @@ def _predict(commands) -> None:
         default=None,
         help="ROI models: the finding's box in the full mammogram's pixels",
     )
+    p.add_argument(
+        "--heatmap",
+        metavar="DIR",
+        default=None,
+        help="write Grad-CAM overlays (PNG, over the tile the model saw) into this new folder",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_predict)
 
@@ -436,8 +445,54 @@ def cmd_predict(args) -> None:
         threshold=args.threshold,
         roi_mask=args.roi_mask,
         roi_box=args.roi_box,
+        heatmap=args.heatmap,
     )
     _show(args, result, present.predictions)
+
+
+def _report(commands) -> None:
+    p = commands.add_parser(
+        "report", help="a self-contained HTML report of an experiment, with a model card"
+    )
+    p.add_argument("experiment", help="the search's storage location (--storage)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="HTML file to write, new (default: EXP/reports/<UTC time>/report.html); "
+        "model_card.json is written beside it",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_report)
+
+
+def cmd_report(args) -> None:
+    import tuner
+
+    _show(args, tuner.report(args.experiment, out=args.out), present.report)
+
+
+def _export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="a model as an ONNX or TorchScript bundle with its preprocessing"
+    )
+    p.add_argument(
+        "model",
+        help="a checkpoint, a final model, a promotion (EXP/promotions/<id>), a trial "
+        "folder, or an experiment (its promoted final model, else its best checkpoint)",
+    )
+    p.add_argument("out", help="the bundle folder or URL to create (must not exist)")
+    p.add_argument(
+        "--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (bundle.json)")
+    p.set_defaults(run=cmd_export)
+
+
+def cmd_export(args) -> None:
+    import tuner
+
+    _show(args, tuner.export(args.model, args.out, format=args.format), present.bundle)
 
 
 def _promote(commands) -> None:
@@ -555,7 +610,9 @@ _COMMANDS = (
     _weights,
     _evaluate,
     _predict,
+    _export,
     _promote,
+    _report,
     _status,
     _best,
 )

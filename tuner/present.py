@@ -308,6 +308,8 @@ def predictions(console: Console, result: Predictions) -> None:
         probabilities = ", ".join(f"{c} {p:.3f}" for c, p in item.probabilities.items())
         where = f" [roi: {item.roi}]" if item.roi else ""
         console.print(f"{item.file}: {item.predicted} ({probabilities}){where}", soft_wrap=True)
+        if item.heatmap:
+            console.print(f"  Grad-CAM: {item.heatmap}", soft_wrap=True)
     if any(item.roi == "whole file" for item in result.items):
         console.print(
             "note: each file was taken to be the finding's tile; for the exact training "
@@ -323,3 +325,35 @@ def pretrained(console: Console, models: list[Pretrained]) -> None:
             f"{model.checkpoint}",
             soft_wrap=True,
         )
+
+
+def report(console: Console, result) -> None:
+    console.print(
+        f"wrote {result.path} ({', '.join(result.sections)}; {result.trials} trials, "
+        f"{result.figures} figures)",
+        soft_wrap=True,
+    )
+    if result.model_card:
+        console.print(f"wrote {result.model_card}", soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+
+
+def bundle(console: Console, result) -> None:
+    meta = result.meta
+    source = meta["source"]
+    classes = ", ".join(meta["classes"])
+    threshold = "" if meta.get("threshold") is None else f", threshold {meta['threshold']:.3f}"
+    console.print(
+        f"exported {source['kind']} {source['model']} ({meta['members']} member(s)) as "
+        f"{meta['runtime']} to {result.url}",
+        soft_wrap=True,
+    )
+    shape = "x".join("N" if d is None else str(d) for d in meta["input"]["shape"])
+    console.print(
+        f"input {meta['input']['name']} {shape} float32 0-255 -> {meta['output']['name']} "
+        f"({classes}){threshold}; max |difference| to PyTorch "
+        f"{meta['verified_max_abs_diff']:.1e}",
+        soft_wrap=True,
+    )
+    console.print(f"files: {', '.join(meta['files'])}, bundle.json", soft_wrap=True)

@@ -54,3 +54,16 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(prepared, tmp_path, 
     states = sorted(t.state.name for t in study.trials)
     assert states.count("FAIL") == len(by_size[48])
     assert states.count("COMPLETE") == len(by_size[32])
+
+    # An errored trial is not exported (its checkpoints are of a run that did not finish),
+    # and the report marks it on the learning curves and in the leaderboard.
+    errored = by_size[48][0]["trial_id"]
+    capsys.readouterr()
+    assert main(["export", str(experiment / f"trial_{errored}"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "errored" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+    assert main(["report", str(experiment), "--out", str(tmp_path / "r" / "report.html")]) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    for trial in by_size[48]:
+        assert f"<td>{trial['trial_id']}</td><td>errored</td>" in page

@@ -715,6 +715,11 @@ def _test_look(plan: dict, final_url: str) -> dict | None:
             # A threshold chosen on test is not for use: the operating one is OOF's.
             for name in ("thresholds", "target_recall"):
                 plain.get(level, {}).pop(name, None)
+        # For the report's curves: the look's own per-image scores, kept with it.
+        plain["predictions"] = {
+            "labels": images.labels.tolist(),
+            "probabilities": np.round(images.probabilities, 6).tolist(),
+        }
         plain["subgroups"] = json_safe(
             stats.subgroup_table(
                 images.rows,
@@ -825,6 +830,12 @@ def _conclude(plan: dict, *, console, emit) -> dict:
         "threshold": threshold,
         "target_recall": plan["target_recall"],
         "oof_subgroups": oof_subgroups,
+        # The winner's calibrated OOF scores (first seed): the report's curves and its
+        # threshold table come from these, never from test.
+        "oof_predictions": {
+            "labels": oof["labels"].tolist(),
+            "probabilities": np.round(calibrated, 6).tolist(),
+        },
         "test": None,
     }
     test = _test_look(plan, final_url)

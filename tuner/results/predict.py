@@ -8,6 +8,7 @@ sees prepare's tile around it; given a file alone, it takes the file to be the f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,12 @@ from tuner.data.preprocess import Preprocessing
 from tuner.data.single import model_input
 from tuner.errors import UserError
 from tuner.models.classifier import class_probabilities
+from tuner.results.explain import gradcam, gradcam_scripted, write_overlay
 from tuner.training.checkpoint import load_checkpoint, open_model
 
 __all__ = ["predict_files"]
 
 
-@torch.no_grad()
 def predict_files(
     checkpoint: str,
     files: list[str],
@@ -30,71 +31,117 @@ def predict_files(
     threshold: float | None = None,
     roi_mask: str | Path | None = None,
     roi_box: tuple[int, int, int, int] | None = None,
+    heatmap: str | None = None,
 ) -> dict:
     """Probabilities per class for each file, and the predicted class.
 
     ``checkpoint`` may be a promotion's final model: its members' probabilities are
-    averaged (over flips too, with its TTA) and temperature-scaled. For two classes the
-    prediction is the positive class when its probability reaches ``threshold`` (default:
-    the final model's, fixed on out-of-fold predictions, else 0.5); for more classes it is
-    the most probable class.
+    averaged (over flips too, with its TTA) and temperature-scaled; or an export bundle
+    (``mammotune export``), run with ONNX Runtime or TorchScript and fed by the
+    preprocessing its ``preprocessing.json`` names. For two classes the prediction is the
+    positive class when its probability reaches ``threshold`` (default: the final model's
+    or bundle's, fixed on out-of-fold predictions, else 0.5); for more classes it is the
+    most probable class.
 
     Args:
         roi_mask: ROI-view models: a mask image file of the finding in the one file given.
         roi_box: ROI-view models: the finding's box in the one file's pixels, x0, y0, x1,
             y1 (ends exclusive). With neither, a ROI-view model takes each file to be the
             finding's crop.
+        heatmap: a new or empty folder for Grad-CAM overlays (one PNG per file, over the
+            tile the model saw, for the predicted class): checkpoints, final models and
+            TorchScript bundles.
 
     Returns:
         checkpoint, task, preprocessing (see :class:`Preprocessing`), threshold, and per
-        file: probabilities, predicted class and ``roi``, what the model's tile was cut
-        around: "mask", "box", "whole file" (the file as the crop), or None (whole view).
+        file: probabilities, predicted class, ``roi`` (what the model's tile was cut
+        around: "mask", "box", "whole file" (the file as the crop), or None (whole view))
+        and, with ``heatmap``, the overlay's path.
 
     Raises:
-        UserError: an unreadable checkpoint or image file, or a ROI that does not apply
-            (see :func:`tuner.data.single.model_input`) or comes with more than one file.
+        UserError: an unreadable checkpoint, bundle or image file, a bundle edited since
+            export, a ROI that does not apply (see :func:`tuner.data.single.model_input`) or
+            comes with more than one file, a heatmap folder that holds files, or a heatmap
+            from an ONNX bundle.
     """
+    from tuner.results.bundle import is_bundle, open_bundle
+
     roi = "mask" if roi_mask is not None else "box" if roi_box is not None else None
     if roi and len(files) != 1:
         raise UserError(
             f"a ROI belongs to one mammogram, but {len(files)} files were given: "
             "predict one file at a time with its ROI mask or box"
         )
-    models = open_model(checkpoint)
-    loaded = [load_checkpoint(member)[:2] for member in models.members]
-    meta = loaded[0][1]
-    preprocessing = Preprocessing.from_checkpoint_meta(meta)
-    if any(Preprocessing.from_checkpoint_meta(m) != preprocessing for _, m in loaded):
-        raise UserError(f"{checkpoint}: its members were trained on different inputs")
+    if heatmap is not None and os.path.isdir(heatmap) and os.listdir(heatmap):
+        raise UserError(f"{heatmap} is not empty; choose a new folder for --heatmap")
+    if is_bundle(checkpoint):
+        bundle = open_bundle(checkpoint)
+        preprocessing, classes, task = bundle.preprocessing, bundle.classes, bundle.meta["task"]
+        fixed = bundle.threshold
+        score = bundle.probabilities
+        if heatmap is not None:
+            module = bundle.module  # a UserError for ONNX bundles, before any work
+
+            def explain(tiles, target):
+                return gradcam_scripted(module, tiles, target)
+    else:
+        models = open_model(checkpoint)
+        loaded = [load_checkpoint(member)[:2] for member in models.members]
+        meta = loaded[0][1]
+        preprocessing = Preprocessing.from_checkpoint_meta(meta)
+        if any(Preprocessing.from_checkpoint_meta(m) != preprocessing for _, m in loaded):
+            raise UserError(f"{checkpoint}: its members were trained on different inputs")
+        classes, task, fixed = meta["task"]["classes"], meta["task"]["name"], models.threshold
+
+        @torch.no_grad()
+        def score(tiles):
+            tiles = torch.from_numpy(tiles)[:, None]
+            averaged = np.mean(
+                [class_probabilities(m, tiles, tta=models.tta).numpy() for m, _ in loaded],
+                axis=0,
+            )
+            return models.calibrate(averaged)
+
+        def explain(tiles, target):
+            return gradcam([m for m, _ in loaded], tiles, target)
+
     if threshold is None:
-        threshold = models.threshold if models.threshold is not None else 0.5
+        threshold = fixed if fixed is not None else 0.5
     if roi is None and preprocessing.view == "roi":
         roi = "whole file"
-    classes = meta["task"]["classes"]
-    results = []
+    results, names = [], set()
     for path in files:
         pixels = model_input(path, preprocessing, roi_mask=roi_mask, roi_box=roi_box)
-        tiles = torch.from_numpy(pixels)[None, None]
-        averaged = np.mean(
-            [class_probabilities(m, tiles, tta=models.tta).numpy() for m, _ in loaded], axis=0
-        )
-        p = models.calibrate(averaged)[0].astype(float)
+        p = score(pixels[None])[0].astype(float)
         if len(classes) == 2:
             predicted = classes[1] if p[1] >= threshold else classes[0]
         else:
             predicted = classes[int(np.argmax(p))]
-        results.append(
-            {
-                "file": str(path),
-                "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
-                "predicted": predicted,
-                "roi": roi,
-            }
-        )
+        result = {
+            "file": str(path),
+            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
+            "predicted": predicted,
+            "roi": roi,
+        }
+        if heatmap is not None:
+            name = _unique(f"{Path(path).stem}_gradcam.png", names)
+            target = classes.index(predicted)
+            cam = explain(torch.from_numpy(pixels)[None, None].float(), target)[0]
+            result["heatmap"] = write_overlay(os.path.join(heatmap, name), pixels, cam)
+        results.append(result)
     return {
         "checkpoint": checkpoint,
-        "task": meta["task"]["name"],
+        "task": task,
         "preprocessing": preprocessing.to_json(),
         "threshold": threshold if len(classes) == 2 else None,
         "predictions": results,
     }
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, n = name.removesuffix(".png"), 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
