@@ -85,7 +85,7 @@ def main() -> None:
                     x = tiles[:batch]
 
                     @torch.no_grad()
-                    def pytorch(x=x):
+                    def pytorch(x=x, model=model):
                         class_probabilities(model, torch.from_numpy(x)[:, None])
 
                     cells = {"pytorch": _time(pytorch, args.seconds)}
@@ -106,8 +106,10 @@ def main() -> None:
                         flush=True,
                     )
     print()
-    print("| backbone | px | batch | PyTorch ms/img | ONNX Runtime ms/img (speed-up) | "
-          "TorchScript ms/img (speed-up) | max abs diff |")
+    print(
+        "| backbone | px | batch | PyTorch ms/img | ONNX Runtime ms/img (speed-up) | "
+        "TorchScript ms/img (speed-up) | max abs diff |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for backbone, size, batch, ms, diff in rows:
         print(

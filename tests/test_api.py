@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,11 @@ def test_the_readme_python_example_runs(ray_local, tmp_path, monkeypatch, capsys
     assert isinstance(promotion, tuner.Promotion) and promotion.test["test_look"]["look"] == 1
     assert again.promotion().id == promotion.id == "p1"
     assert again.space.sampler.type == "random" and again.space.task == "lesion_vs_tissue"
+    report, bundle = namespace["report"], namespace["bundle"]
+    assert isinstance(report, tuner.Report) and report.sections[-2:] == ["promotion", "model card"]
+    assert (tmp_path / "work" / "experiments" / "quick-1" / "reports") in Path(report.path).parents
+    assert isinstance(bundle, tuner.Bundle) and bundle.meta["source"]["kind"] == "experiment"
+    assert bundle.threshold == promotion.threshold and bundle.runtime == "onnx"
     printed = capsys.readouterr().out
     assert "quick" in printed and "2 of 2 trials started: 2 finished" in printed
     assert "promotion p1: trial" in printed

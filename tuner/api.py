@@ -412,6 +412,7 @@ class Prediction:
     predicted: str
     roi: str | None  # ROI models: where the tile came from ("mask", "box", "whole file")
     heatmap: str | None = None  # with heatmap=: the Grad-CAM overlay PNG
+    heatmap_empty: bool | None = None  # no region raised the predicted class's score
 
 
 @dataclass(frozen=True)
@@ -495,6 +496,7 @@ def predict(
                 predicted=item["predicted"],
                 roi=item.get("roi"),
                 heatmap=item.get("heatmap"),
+                heatmap_empty=item.get("heatmap_empty"),
             )
             for item in result["predictions"]
         ],

@@ -309,7 +309,12 @@ def predictions(console: Console, result: Predictions) -> None:
         where = f" [roi: {item.roi}]" if item.roi else ""
         console.print(f"{item.file}: {item.predicted} ({probabilities}){where}", soft_wrap=True)
         if item.heatmap:
-            console.print(f"  Grad-CAM: {item.heatmap}", soft_wrap=True)
+            empty = (
+                f" (empty: no region raised the score of {item.predicted})"
+                if item.heatmap_empty
+                else ""
+            )
+            console.print(f"  Grad-CAM: {item.heatmap}{empty}", soft_wrap=True)
     if any(item.roi == "whole file" for item in result.items):
         console.print(
             "note: each file was taken to be the finding's tile; for the exact training "

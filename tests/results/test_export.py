@@ -144,6 +144,14 @@ def test_bad_bundles_and_exports_are_one_line_exit_2(experiment, tiles, tmp_path
     (newer / "bundle.json").write_text(json.dumps({**meta, "version": meta["version"] + 1}))
     refused(["predict", str(newer), tiles[0]], "newer", "upgrade")
 
+    # bundle.json's own fields: a threshold edited by hand would change every prediction.
+    edited = tmp_path / "edited-threshold"
+    edited.mkdir()
+    for name, data in before.items():
+        (edited / name).write_bytes(data)
+    (edited / "bundle.json").write_text(json.dumps({**meta, "threshold": 0.05}))
+    refused(["predict", str(edited), tiles[0]], "bundle.json", "changed after export")
+
     # Edited files: the preprocessing, or the model itself.
     for name in ("preprocessing.json", "model.onnx"):
         edited = tmp_path / f"edited-{name}"

@@ -395,6 +395,11 @@ class Preprocessing:
         """The ``sizes`` to give :func:`model_inputs` for this model's input."""
         return (*self.resized_from, self.size)
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the tiles a model with this preprocessing takes."""
+        return whole_shape(self.size) if self.view == "whole" else (self.size, self.size)
+
     @classmethod
     def from_checkpoint_meta(cls, meta: dict) -> Preprocessing:
         """From a checkpoint's ``checkpoint.json``: the trial config's view, input size and

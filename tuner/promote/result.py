@@ -10,6 +10,8 @@ __all__ = [
     "PROMOTIONS",
     "PLAN_FILE",
     "PROMOTION_FILE",
+    "OOF_PREDICTIONS",
+    "TEST_PREDICTIONS",
     "Promotion",
     "promotions",
     "read_promotion",
@@ -18,6 +20,9 @@ __all__ = [
 
 PROMOTIONS = "promotions"
 PLAN_FILE, PROMOTION_FILE = "plan.json", "promotion.json"
+# The winner's calibrated OOF scores and the test look's per-image scores (labels and
+# class probabilities), for the report's curves; beside promotion.json.
+OOF_PREDICTIONS, TEST_PREDICTIONS = "oof_predictions.json", "test_predictions.json"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,14 @@ from tuner.data.tasks import get_task
 from tuner.errors import UserError
 from tuner.promote import stats
 from tuner.promote.folds import TRAIN_VAL, fold_assignment
-from tuner.promote.result import PLAN_FILE, PROMOTION_FILE, PROMOTIONS, promotions
+from tuner.promote.result import (
+    OOF_PREDICTIONS,
+    PLAN_FILE,
+    PROMOTION_FILE,
+    PROMOTIONS,
+    TEST_PREDICTIONS,
+    promotions,
+)
 from tuner.search.experiment import trial_checkpoints, trial_results, trial_states
 from tuner.training.config import SEARCHABLE, TrialConfig
 
@@ -715,11 +722,6 @@ def _test_look(plan: dict, final_url: str) -> dict | None:
             # A threshold chosen on test is not for use: the operating one is OOF's.
             for name in ("thresholds", "target_recall"):
                 plain.get(level, {}).pop(name, None)
-        # For the report's curves: the look's own per-image scores, kept with it.
-        plain["predictions"] = {
-            "labels": images.labels.tolist(),
-            "probabilities": np.round(images.probabilities, 6).tolist(),
-        }
         plain["subgroups"] = json_safe(
             stats.subgroup_table(
                 images.rows,
@@ -742,10 +744,27 @@ def _test_look(plan: dict, final_url: str) -> dict | None:
         key=plan["key"],
         keep=keep,
     )
+    # The look's per-image scores, for the report's curves (not in the ledger, which every
+    # evaluate reads): written right after the look; a driver killed in between leaves the
+    # report without test curves, never a second look.
+    images = report["_predictions"]["per_image"]
+    _write_predictions(
+        storage.join(plan["url"], TEST_PREDICTIONS), images.labels, images.probabilities
+    )
     for look in read_ledger(plan["experiment"]):
         if look.get("key") == plan["key"] and look.get("models") == [final_url]:
             return {**look["report"], "test_look": report["test_look"]}
     raise RuntimeError("the test look was not recorded")  # the model lies in the experiment
+
+
+def _write_predictions(url: str, labels, probabilities) -> None:
+    storage.write_json(
+        url,
+        {
+            "labels": np.asarray(labels).tolist(),
+            "probabilities": np.round(np.asarray(probabilities), 6).tolist(),
+        },
+    )
 
 
 def _look_record(plan: dict, look: dict) -> dict:
@@ -800,6 +819,9 @@ def _conclude(plan: dict, *, console, emit) -> dict:
         resamples=plan["resamples"],
         seed=plan["seed"],
     )
+    # The winner's calibrated OOF scores (first seed): the report's curves and its
+    # threshold table come from these, never from test.
+    _write_predictions(storage.join(plan["url"], OOF_PREDICTIONS), oof["labels"], calibrated)
     final_url, refit_epochs = _final_model(
         plan, winner, cells, calibration, console=console, emit=emit
     )
@@ -830,12 +852,6 @@ def _conclude(plan: dict, *, console, emit) -> dict:
         "threshold": threshold,
         "target_recall": plan["target_recall"],
         "oof_subgroups": oof_subgroups,
-        # The winner's calibrated OOF scores (first seed): the report's curves and its
-        # threshold table come from these, never from test.
-        "oof_predictions": {
-            "labels": oof["labels"].tolist(),
-            "probabilities": np.round(calibrated, 6).tolist(),
-        },
         "test": None,
     }
     test = _test_look(plan, final_url)

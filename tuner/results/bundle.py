@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -33,8 +34,10 @@ import torch
 from torch import nn
 
 from tuner import __version__, storage
-from tuner.data.preprocess import Preprocessing, whole_shape
+from tuner.data.preprocess import Preprocessing
 from tuner.errors import UserError, unknown_choice
+from tuner.models.classifier import class_probabilities
+from tuner.results.evaluate import json_safe
 from tuner.training.checkpoint import load_checkpoint
 
 __all__ = [
@@ -55,6 +58,7 @@ EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 PREPROCESSING_FILE, CARD_FILE = "preprocessing.json", "model_card.json"
 INPUT, OUTPUT = "tiles", "probabilities"
 OPSET = 17
+PARITY = 1e-4  # the most an exported graph may differ from PyTorch, in probability
 
 
 def cam_layer(model: nn.Module, sample: torch.Tensor) -> nn.Module:
@@ -101,11 +105,9 @@ class EnsembleGraph(nn.Module):
             )
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        views = [tiles]
-        if self.tta:
-            views += [tiles.flip(-1), tiles.flip(-2), tiles.flip(-1).flip(-2)]
-        p = torch.stack([torch.softmax(m(v), dim=1) for m in self.members for v in views]).mean(0)
-        if self.temperature != 1.0:
+        p = torch.stack([class_probabilities(m, tiles, tta=self.tta) for m in self.members])
+        p = p.mean(0)
+        if self.temperature != 1.0:  # tuner.training.checkpoint.temper, in torch
             p = torch.softmax(torch.log(p.clamp_min(1e-12)) / self.temperature, dim=1)
         return p
 
@@ -125,15 +127,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def input_shape(preprocessing: Preprocessing) -> tuple[int, int]:
-    """(height, width) of the tiles a model with ``preprocessing`` takes."""
-    if preprocessing.view == "whole":
-        return whole_shape(preprocessing.size)
-    return preprocessing.size, preprocessing.size
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of bundle.json's own fields (threshold, classes, runtime...), canonical JSON."""
+    fields = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return _sha256(json.dumps(json_safe(fields), sort_keys=True).encode())
 
 
 def _preprocessing_json(preprocessing: Preprocessing, model_args: dict) -> dict:
-    h, w = input_shape(preprocessing)
+    h, w = preprocessing.input_shape
     return {
         **preprocessing.to_json(),
         "input": {
@@ -216,6 +217,7 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
     if fmt not in EXPORT_FORMATS:
         raise UserError(unknown_choice("export format", fmt, EXPORT_FORMATS))
     out = storage.normalize(out)
+    storage.check_location(out)
     fs, path = storage.filesystem(out)
     if fs.exists(path):
         raise UserError(f"{out} exists; export into a new folder (nothing is overwritten)")
@@ -227,7 +229,7 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
     preprocessing = Preprocessing.from_checkpoint_meta(meta)
     if any(Preprocessing.from_checkpoint_meta(m) != preprocessing for _, m in loaded):
         raise UserError(f"{models.url}: its members were trained on different inputs")
-    h, w = input_shape(preprocessing)
+    h, w = preprocessing.input_shape
     sample = torch.rand(4, 1, h, w, generator=torch.Generator().manual_seed(0)) * 255
     graph = EnsembleGraph(
         [m for m, _ in loaded], tta=models.tta, temperature=models.temperature, sample=sample
@@ -264,10 +266,16 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
         "files": {name: _sha256(data) for name, data in files.items()},
     }
     # Check the written graph before anything lands in ``out``.
-    bundle["verified_max_abs_diff"] = float(
-        np.abs(_run_bytes(fmt, model_bytes, sample.numpy()) - reference).max()
-    )
+    difference = float(np.abs(_run_bytes(fmt, model_bytes, sample.numpy()) - reference).max())
+    if not difference <= PARITY:
+        raise UserError(
+            f"the {fmt} graph of {models.url} differs from PyTorch by {difference:.1e} in "
+            f"probability (allowed {PARITY:.0e}); nothing was written: try the other format "
+            "and report this model's backbone"
+        )
+    bundle["verified_max_abs_diff"] = difference
     bundle["export_seconds"] = round(time.perf_counter() - started, 2)
+    bundle["meta_sha256"] = _meta_digest(bundle)
     for name, data in files.items():
         storage.write_bytes(storage.join(out, name), data)
     storage.write_bytes(storage.join(out, BUNDLE_FILE), _json_bytes(bundle))  # last: complete
@@ -276,10 +284,6 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
 
 
 def _json_bytes(obj) -> bytes:
-    import json
-
-    from tuner.results.evaluate import json_safe
-
     return (json.dumps(json_safe(obj), indent=2) + "\n").encode()
 
 
@@ -372,20 +376,32 @@ def open_bundle(url: str) -> Bundle:
         UserError: not a bundle, a newer format version than this mammotune reads, a file
             missing or edited since export.
     """
-    import json
-
     url = storage.normalize(url)
+    storage.check_location(url)
     meta_url = storage.join(url, BUNDLE_FILE)
     if not storage.exists(meta_url):
         raise UserError(f"{url} is not an export bundle ({BUNDLE_FILE} not found)")
-    meta = storage.read_json(meta_url)
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"{meta_url}: unknown format {meta.get('format')!r}")
-    if int(meta.get("version", 0)) > BUNDLE_VERSION:
+    try:
+        meta = json.loads(storage.read_bytes(meta_url))
+    except ValueError:
+        raise UserError(f"{meta_url} is not valid JSON; export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"{meta_url}: not a mammotune bundle (format {BUNDLE_FORMAT!r})")
+    version = meta.get("version")
+    if not isinstance(version, int):
+        raise UserError(f"{meta_url}: no format version; export the model again")
+    if version > BUNDLE_VERSION:
         raise UserError(
-            f"{url} is a bundle of format version {meta['version']}, newer than this "
+            f"{url} is a bundle of format version {version}, newer than this "
             f"mammotune {__version__} reads ({BUNDLE_VERSION}): upgrade mammotune"
         )
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise UserError(
+            f"{meta_url} was changed after export (its fields no longer match its SHA-256); "
+            "export the model again rather than editing a bundle"
+        )
+    if meta.get("runtime") not in EXPORT_FORMATS or not isinstance(meta.get("files"), dict):
+        raise UserError(f"{meta_url}: unknown runtime {meta.get('runtime')!r}")
     contents = {}
     for name, digest in meta["files"].items():
         file_url = storage.join(url, name)

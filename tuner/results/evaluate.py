@@ -36,6 +36,7 @@ __all__ = [
     "threshold_table",
     "evaluate",
     "write_report",
+    "curve_figures",
     "Level",
     "Evaluation",
 ]
@@ -419,12 +420,7 @@ def write_report(report: dict, folder: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import (
-        ConfusionMatrixDisplay,
-        PrecisionRecallDisplay,
-        RocCurveDisplay,
-    )
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     if os.path.isdir(folder) and os.listdir(folder):
         raise UserError(f"{folder} is not empty; choose a new folder for --report")
@@ -466,17 +462,34 @@ def write_report(report: dict, folder: str) -> list[str]:
     figure.tight_layout()
     figure.savefig(path("confusion_matrix.png"), dpi=120)
     plt.close(figure)
-    if len(classes) == 2 and len(np.unique(labels)) == 2:
-        positive = probabilities[:, 1]
-        for name, display in (
-            ("roc.png", RocCurveDisplay),
-            ("pr.png", PrecisionRecallDisplay),
-            ("calibration.png", CalibrationDisplay),
-        ):
-            figure, axis = plt.subplots(figsize=(4.5, 4))
-            options = {"n_bins": 10} if display is CalibrationDisplay else {}
-            display.from_predictions(labels, positive, ax=axis, name="model", **options)
-            figure.tight_layout()
-            figure.savefig(path(name), dpi=120)
-            plt.close(figure)
+    for name, figure in curve_figures(labels, probabilities, "model"):
+        figure.tight_layout()
+        figure.savefig(path(f"{name}.png"), dpi=120)
+        plt.close(figure)
     return written
+
+
+def curve_figures(labels: np.ndarray, probabilities: np.ndarray, name: str, size=(4.5, 4)):
+    """ROC, precision-recall and calibration curves (scikit-learn's displays) of two-class
+    probabilities, as ``[("roc" | "pr" | "calibration", matplotlib figure)]``; none when
+    there are more classes or one label only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    if probabilities.shape[1] != 2 or len(np.unique(labels)) != 2:
+        return []
+    figures = []
+    for kind, display in (
+        ("roc", RocCurveDisplay),
+        ("pr", PrecisionRecallDisplay),
+        ("calibration", CalibrationDisplay),
+    ):
+        figure, axis = plt.subplots(figsize=size)
+        options = {"n_bins": 10} if display is CalibrationDisplay else {}
+        display.from_predictions(labels, probabilities[:, 1], ax=axis, name=name, **options)
+        figures.append((kind, figure))
+    return figures

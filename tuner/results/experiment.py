@@ -80,8 +80,8 @@ class Experiment:
         return leaderboard(self.url)
 
     def best(self) -> Trial:
-        """The best trial that has a checkpoint (``.checkpoint``, ``.config``, ``.metrics``,
-        ``.trial_id``).
+        """The best trial that has a checkpoint and did not error (``.checkpoint``,
+        ``.config``, ``.metrics``, ``.trial_id``).
 
         Raises:
             UserError: no trial has a checkpoint yet.
@@ -103,7 +103,11 @@ class Experiment:
         """
         if top < 1:
             raise UserError(f"top {top}: take at least 1 checkpoint")
-        ranked = [t.checkpoint for t in self.leaderboard().trials if t.checkpoint]
+        ranked = [
+            t.checkpoint
+            for t in self.leaderboard().trials
+            if t.checkpoint and t.status != "errored"
+        ]
         if not ranked:
             raise UserError(f"{self.url}: no trial has a checkpoint yet")
         return ranked[:top]

@@ -88,7 +88,7 @@ class Leaderboard:
     planned_trials: int | None
     dimensions: list[str]
     trials: list[Trial]
-    best: Trial | None  # the best trial that has a checkpoint
+    best: Trial | None  # the best trial that has a checkpoint and did not error
     promotion: dict | None = None  # the newest finished promotion: id, summary, final_model
 
     @property
@@ -252,7 +252,8 @@ def leaderboard(experiment: str) -> Leaderboard:
         planned_trials=meta["space"].get("trials"),
         dimensions=_dimensions(meta["space"]),
         trials=ranked,
-        best=next((t for t in ranked if t.checkpoint), None),
+        # An errored trial's checkpoints are of a run that did not finish: never "the best".
+        best=next((t for t in ranked if t.checkpoint and t.status != "errored"), None),
         promotion=_promotion(experiment),
     )
 

@@ -13,7 +13,7 @@ import time
 from tuner import __version__, storage
 from tuner.training.checkpoint import ModelSet, read_meta
 
-__all__ = ["CARD_FORMAT", "model_card"]
+__all__ = ["CARD_FORMAT", "model_card", "read_dataset"]
 
 CARD_FORMAT = "mammotune-model-card/1"
 
@@ -65,20 +65,29 @@ def _read(url: str | None) -> dict | None:
     return None
 
 
-def _data_summary(manifest: dict | None, data_url: str | None) -> dict:
-    if manifest is None:
-        return {"dataset": data_url, "available": False}
+def read_dataset(data_url: str | None) -> tuple[dict | None, bool]:
+    """(the prepared dataset's manifest, or None when it cannot be reached; whether its
+    source is a synthetic dataset (``synth.json`` beside the source))."""
+    from tuner.data.stream import MANIFEST
     from tuner.data.synthetic import MARKER
 
-    source = manifest.get("source", {})
+    manifest = _read(storage.join(data_url, MANIFEST)) if data_url else None
+    source = (manifest or {}).get("source", {})
     synthetic = bool(source.get("url")) and storage.exists(storage.join(source["url"], MARKER))
+    return manifest, synthetic
+
+
+def _data_summary(data_url: str | None) -> dict:
+    manifest, synthetic = read_dataset(data_url)
+    if manifest is None:
+        return {"dataset": data_url, "available": False}
     patients = {k: v.get("patients") for k, v in manifest.get("splits", {}).items()}
     return {
         "dataset": data_url,
         "available": True,
         "dataset_id": manifest.get("id"),
         "params_hash": manifest.get("params_hash"),
-        "source": source.get("kind"),
+        "source": manifest.get("source", {}).get("kind"),
         "synthetic": synthetic,
         "patients": patients,
         "leakage": manifest.get("leakage"),
@@ -105,8 +114,7 @@ def model_card(models: ModelSet, *, experiment: str | None = None) -> dict:
             storage.join(experiment, "promotions", models.meta["promotion"], "promotion.json")
         )
     data_url = config.get("data")
-    manifest = _read(storage.join(data_url, "manifest.json")) if data_url else None
-    data = _data_summary(manifest, data_url)
+    data = _data_summary(data_url)
     looks = read_ledger(experiment) if experiment and storage.exists(experiment) else []
 
     details = {

@@ -72,8 +72,13 @@ def predict_files(
             f"a ROI belongs to one mammogram, but {len(files)} files were given: "
             "predict one file at a time with its ROI mask or box"
         )
-    if heatmap is not None and os.path.isdir(heatmap) and os.listdir(heatmap):
-        raise UserError(f"{heatmap} is not empty; choose a new folder for --heatmap")
+    if heatmap is not None:
+        if "://" in heatmap:
+            raise UserError(f"--heatmap {heatmap}: give a local folder for the overlays")
+        if os.path.exists(heatmap) and not os.path.isdir(heatmap):
+            raise UserError(f"--heatmap {heatmap} is a file; give a new folder")
+        if os.path.isdir(heatmap) and os.listdir(heatmap):
+            raise UserError(f"{heatmap} is not empty; choose a new folder for --heatmap")
     if is_bundle(checkpoint):
         bundle = open_bundle(checkpoint)
         preprocessing, classes, task = bundle.preprocessing, bundle.classes, bundle.meta["task"]
@@ -128,6 +133,8 @@ def predict_files(
             target = classes.index(predicted)
             cam = explain(torch.from_numpy(pixels)[None, None].float(), target)[0]
             result["heatmap"] = write_overlay(os.path.join(heatmap, name), pixels, cam)
+            # Grad-CAM keeps only what raised the class's score: all zero means no region did.
+            result["heatmap_empty"] = bool(cam.max() <= 0)
         results.append(result)
     return {
         "checkpoint": checkpoint,

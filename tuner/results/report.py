@@ -11,6 +11,7 @@ its place instead of failing the report.
 from __future__ import annotations
 
 import base64
+import calendar
 import html
 import io
 import json
@@ -208,11 +209,28 @@ def compute_ledger(board, rows: dict, resources: dict, first: int) -> dict:
     }
 
 
+# Optuna's own defaults for the samplers that start with independent draws.
+_STARTUP_DEFAULTS = {"tpe": 10, "gp": 10}
+
+
+def _first(space: dict) -> int:
+    """How many trials the sampler drew before learning from any (its startup trials; for
+    samplers without that phase, the first batch run at once)."""
+    sampler = space.get("sampler") or {}
+    startup = sampler.get("n_startup_trials")
+    if startup is None:
+        startup = _STARTUP_DEFAULTS.get(sampler.get("type"))
+    if startup is None or startup < 1:
+        startup = space.get("max_concurrent") or 1
+    return int(startup)
+
+
 def _study(meta: dict, experiment: str):
     """The search's Optuna study, or (None, why not)."""
     import optuna
 
     study = meta.get("study") or {}
+    reason = f"its database {study.get('storage')} is not reachable from here"
     candidates = [study.get("storage")]
     local = storage.join(experiment, "optuna.db")
     if storage.is_local(experiment) and os.path.exists(local):
@@ -225,9 +243,6 @@ def _study(meta: dict, experiment: str):
             return optuna.load_study(study_name=study.get("name"), storage=url), None
         except Exception as exc:  # a database we cannot open: say so in the report
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            continue
-    else:
-        reason = f"its database {study.get('storage')} is not reachable from here"
     return None, reason
 
 
@@ -239,7 +254,7 @@ def _search_section(meta, board, rows, ledger, figures: list[int]) -> str:
     stamps = [r[-1].get("timestamp") for r in rows.values() if r and r[-1].get("timestamp")]
     wall = None
     if stamps and created:
-        start = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        start = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))  # UTC
         wall = max(stamps) - start
     parts = ["<h2 id='search'>Search</h2>"]
     space = meta["space"]
@@ -256,18 +271,28 @@ def _search_section(meta, board, rows, ledger, figures: list[int]) -> str:
     unit = ledger["unit"]
     parts.append("<h3>Compute ledger</h3>")
     per = ledger["hours_per_0.01"]
-    parts.append(
-        f"<p>Total {ledger['cpu_hours']:.3f} CPU-hours, {ledger['gpu_hours']:.3f} GPU-hours "
-        f"(each trial's resources x its training time). The first {ledger['first']} trials "
-        f"reached {_num(ledger['best_of_first'])}; the search ended at "
-        f"{_num(ledger['best'])}: "
-        + (
-            f"<b>{per:.3f} {unit} per 0.01 {_e(board.metric)} gained</b> after them."
-            if per is not None
-            else "nothing gained after them."
-        )
-        + "</p>"
+    total = (
+        f"Total {ledger['cpu_hours']:.3f} CPU-hours, {ledger['gpu_hours']:.3f} GPU-hours "
+        "(each trial's resources x its training time). "
     )
+    spent = f"{ledger['hours_after_first']:.3f} {unit} spent after them"
+    if len(ledger["trials"]) <= ledger["first"]:
+        gained = (
+            f"All {len(ledger['trials'])} trials were among the sampler's first "
+            f"{ledger['first']} (drawn before it learnt from any): no cost per gain yet."
+        )
+    else:
+        gained = (
+            f"The first {ledger['first']} trials (drawn before the sampler learnt from any) "
+            f"reached {_num(ledger['best_of_first'])}; the search ended at "
+            f"{_num(ledger['best'])}: "
+            + (
+                f"<b>{per:.3f} {unit} per 0.01 {_e(board.metric)} gained</b> ({spent})."
+                if per is not None
+                else f"nothing gained after them ({spent})."
+            )
+        )
+    parts.append(f"<p>{total}{gained}</p>")
     parts.append(
         _table(
             ["trial", "seconds", "CPU-hours", "GPU-hours", f"best {board.metric}"],
@@ -334,9 +359,14 @@ def _importance_section(meta, experiment, board, figures: list[int], notes: list
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for its matplotlib plots
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        importance = optuna.importance.get_param_importances(
-            study, evaluator=evaluator, target=target
-        )
+        try:
+            importance = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, target=target
+            )
+        except Exception as exc:  # Optuna refuses some studies; the rest of the report stands
+            text = f"Optuna could not compute importance: {str(exc).splitlines()[0][:200]}"
+            notes.append(f"importance: {text}")
+            return "".join(parts) + f"<p class='note'>{_e(text)}</p>"
         figs = []
         fig, axis = plt.subplots(figsize=(5.2, 0.5 + 0.35 * len(importance)))
         names = list(importance)[::-1]
@@ -417,19 +447,17 @@ def _leaderboard_section(board) -> str:
 
 def _data_section(meta: dict, notes: list[str]) -> str:
     parts = ["<h2 id='data'>Data</h2>"]
+    from tuner.results.model_card import read_dataset
+
     url = meta.get("data")
-    manifest_url = storage.join(url, "manifest.json") if url else None
-    if not manifest_url or not storage.exists(manifest_url):
-        notes.append(f"data: the dataset's manifest {manifest_url} is not reachable")
+    manifest, synthetic = read_dataset(url)
+    if manifest is None:
+        notes.append(f"data: the dataset {url} is not reachable (no manifest.json)")
         return (
             "".join(parts)
             + f"<p class='note'>The dataset {_e(url)} is not reachable from here.</p>"
         )
-    manifest = storage.read_json(manifest_url)
-    from tuner.data.synthetic import MARKER
-
     source = manifest.get("source", {})
-    synthetic = bool(source.get("url")) and storage.exists(storage.join(source["url"], MARKER))
     parts.append(
         _kv(
             [
@@ -504,23 +532,13 @@ def _data_section(meta: dict, notes: list[str]) -> str:
 
 
 def _curves(labels: np.ndarray, probabilities: np.ndarray, where: str) -> list[str]:
-    plt = _pyplot()
-    from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+    from tuner.results.evaluate import curve_figures
 
+    titles = {"roc": "ROC", "pr": "precision-recall", "calibration": "calibration"}
     figs = []
-    if probabilities.shape[1] != 2 or len(np.unique(labels)) != 2:
-        return figs
-    for display, name in (
-        (RocCurveDisplay, "ROC"),
-        (PrecisionRecallDisplay, "precision-recall"),
-        (CalibrationDisplay, "calibration"),
-    ):
-        fig, axis = plt.subplots(figsize=(3.8, 3.4))
-        options = {"n_bins": 10} if display is CalibrationDisplay else {}
-        display.from_predictions(labels, probabilities[:, 1], ax=axis, name=where, **options)
-        axis.set_title(f"{name}, {where}", fontsize=10)
-        figs.append(_figure(fig, f"{name} curve, {where}"))
+    for kind, fig in curve_figures(labels, probabilities, where, size=(3.8, 3.4)):
+        fig.axes[0].set_title(f"{titles[kind]}, {where}", fontsize=10)
+        figs.append(_figure(fig, f"{titles[kind]} curve, {where}"))
     return figs
 
 
@@ -559,9 +577,14 @@ def _subgroups(table: dict | None, title: str) -> str:
     return f"<h3>{_e(title)}</h3>" + _table(head, rows)
 
 
+def _read_optional(url: str) -> dict | None:
+    return storage.read_json(url) if storage.exists(url) else None
+
+
 def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
-    from tuner.results.evaluate import threshold_table
+    from tuner.promote.result import OOF_PREDICTIONS, TEST_PREDICTIONS
     from tuner.results.ledger import read_ledger
+    from tuner.training.metrics import binary_metrics
 
     data = promotion.data
     plan = data.get("plan", {})
@@ -581,7 +604,7 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
             e.get("oof_auc_mean"),
             e.get("oof_auc_sd"),
             _ci(e.get("oof_auc_95")),
-            ", ".join(f"{s}: {v:.3f}" for s, v in (e.get("oof_auc_by_seed") or {}).items()),
+            ", ".join(f"{s}: {_num(v)}" for s, v in (e.get("oof_auc_by_seed") or {}).items()),
             f"{e.get('wins_across_seeds')}/{len(plan.get('seeds', [])) or '?'}",
         ]
         for e in promotion.ranking
@@ -662,21 +685,21 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
         )
     )
     figs = []
-    oof = data.get("oof_predictions")
+    oof = _read_optional(storage.join(promotion.url, OOF_PREDICTIONS))
     if oof:
         labels, p = np.asarray(oof["labels"]), np.asarray(oof["probabilities"])
-        if p.shape[1] == 2 and len(np.unique(labels)) == 2:
-            table, _ = threshold_table(
-                labels, p[:, 1], target_recall=data.get("target_recall", 0.9)
-            )
-            parts.append("<h3>Threshold table (out-of-fold, calibrated)</h3>")
-            keys = ["threshold", "recall", "specificity", "precision", "f1", "accuracy"]
+        chosen = cal.get("threshold")
+        if p.shape[1] == 2 and len(np.unique(labels)) == 2 and chosen is not None:
+            # At 0.1 ... 0.9 and at the promotion's own threshold (fixed on these predictions).
+            keys = ["recall", "specificity", "precision", "f1", "accuracy"]
+            rows, goal = [], data.get("target_recall")
+            for t in sorted({*np.round(np.arange(0.1, 1.0, 0.1), 2).tolist(), chosen}):
+                values = binary_metrics(labels, p[:, 1], threshold=t)
+                rows.append([t, *[values[k] for k in keys], "operating" if t == chosen else ""])
             parts.append(
-                _table(
-                    [*keys, "chosen"],
-                    [[r.get(k) for k in keys] + ["goal" if r.get("target") else ""] for r in table],
-                )
+                f"<h3>Threshold table (out-of-fold, calibrated; recall goal {_num(goal)})</h3>"
             )
+            parts.append(_table(["threshold", *keys, ""], rows))
         figs += _curves(labels, p, "out-of-fold")
     test = promotion.test
     if test:
@@ -697,7 +720,7 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
                 ],
             )
         )
-        kept = test.get("predictions")
+        kept = _read_optional(storage.join(promotion.url, TEST_PREDICTIONS))
         if kept:
             figs += _curves(np.asarray(kept["labels"]), np.asarray(kept["probabilities"]), "test")
         parts.append(_subgroups(test.get("subgroups"), "Subgroups, test"))
@@ -790,6 +813,10 @@ def _out_paths(experiment: str, out: str | None) -> tuple[str, str]:
             )
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out = os.path.join(storage.normalize(experiment), "reports", stamp, "report.html")
+    if "://" in out:
+        raise UserError(
+            f"--out {out}: the report is a local file; write it here and copy it to the bucket"
+        )
     out = os.path.abspath(out)
     if os.path.isdir(out):
         raise UserError(f"{out} is a folder; give --out a file name, e.g. {out}/report.html")
@@ -815,6 +842,7 @@ def search_report(experiment: str, out: str | None = None) -> Report:
     from tuner.training.checkpoint import open_model
 
     experiment = storage.normalize(experiment)
+    storage.check_location(experiment)
     meta = storage.read_json(experiment_file(experiment))
     out, card_path = _out_paths(experiment, out)
     board, rows = _trials(experiment)
@@ -830,9 +858,8 @@ def search_report(experiment: str, out: str | None = None) -> Report:
             f"<p class='warn'>No trial of this search has finished yet ({len(board.trials)} "
             "started): the figures below are what storage holds so far.</p>"
         )
-    sampler = meta["space"].get("sampler", {})
-    first = int(sampler.get("n_startup_trials") or meta["space"].get("max_concurrent") or 1)
-    ledger = compute_ledger(board, rows, meta["space"].get("resources", {}), first)
+    space = meta["space"]
+    ledger = compute_ledger(board, rows, space.get("resources", {}), _first(space))
     body.append(_search_section(meta, board, rows, ledger, figures))
     if finished:
         body.append(_importance_section(meta, experiment, board, figures, notes))
