@@ -137,5 +137,13 @@ def test_a_search_with_no_finished_trial_gets_a_report_that_says_so(experiment, 
     seen = open_in_chromium(out, tmp_path / "empty.png")
     assert seen["errors"] == [] and seen["images"] == [] and seen["leaderboard"] == 0
 
+    # The API takes a Path, the CLI a file:// URL: both local files.
+    import tuner
+
+    again = tuner.Experiment.open(str(fresh)).report(out=tmp_path / "api" / "report.html")
+    assert again.path == str(tmp_path / "api" / "report.html")
+    assert main(["report", str(fresh), "--out", f"file://{tmp_path}/url/report.html"]) == 0
+    assert (tmp_path / "url" / "report.html").is_file()
+
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no mammotune experiment" in capsys.readouterr().err

@@ -88,7 +88,10 @@ class Experiment:
         """
         best = self.leaderboard().best
         if best is None:
-            raise UserError(f"{self.url}: no trial has a checkpoint yet")
+            raise UserError(
+                f"{self.url}: no trial that did not error has a checkpoint yet; wait for a "
+                "trial's first epoch"
+            )
         return best
 
     def pareto(self) -> list[Trial]:
@@ -109,7 +112,10 @@ class Experiment:
             if t.checkpoint and t.status != "errored"
         ]
         if not ranked:
-            raise UserError(f"{self.url}: no trial has a checkpoint yet")
+            raise UserError(
+                f"{self.url}: no trial that did not error has a checkpoint yet; wait for a "
+                "trial's first epoch"
+            )
         return ranked[:top]
 
     def download(self, dest: str) -> str:

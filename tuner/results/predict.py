@@ -73,6 +73,7 @@ def predict_files(
             "predict one file at a time with its ROI mask or box"
         )
     if heatmap is not None:
+        heatmap = str(heatmap).removeprefix("file://")
         if "://" in heatmap:
             raise UserError(f"--heatmap {heatmap}: give a local folder for the overlays")
         if os.path.exists(heatmap) and not os.path.isdir(heatmap):

@@ -200,7 +200,7 @@ def compute_ledger(board, rows: dict, resources: dict, first: int) -> dict:
         "cpu_hours": sum(e["cpu_hours"] for e in entries),
         "gpu_hours": sum(e["gpu_hours"] for e in entries),
         "unit": "GPU-hours" if gpu else "CPU-hours",
-        "first": len(head),
+        "first": first,  # as asked: the startup phase may be longer than the search
         "best_of_first": best_first,
         "best": best,
         "gain": gain,
@@ -278,8 +278,8 @@ def _search_section(meta, board, rows, ledger, figures: list[int]) -> str:
     spent = f"{ledger['hours_after_first']:.3f} {unit} spent after them"
     if len(ledger["trials"]) <= ledger["first"]:
         gained = (
-            f"All {len(ledger['trials'])} trials were among the sampler's first "
-            f"{ledger['first']} (drawn before it learnt from any): no cost per gain yet."
+            f"All {len(ledger['trials'])} trials were drawn in the sampler's startup phase "
+            f"({ledger['first']} trials, before it learns from any): no cost per gain yet."
         )
     else:
         gained = (
@@ -805,7 +805,11 @@ def _render(value) -> str:
 
 
 # ---------------------------------------------------------------------------------- main
-def _out_paths(experiment: str, out: str | None) -> tuple[str, str]:
+def _out_paths(experiment: str, out) -> tuple[str, str]:
+    if out is not None:
+        out = str(out)
+        if out.startswith("file://"):
+            out = storage.normalize(out).removeprefix("file://")
     if out is None:
         if not storage.is_local(experiment):
             raise UserError(

@@ -71,8 +71,8 @@ def resolve_model(url: str) -> tuple[ModelSet, dict]:
             best = leaderboard(url).best
             if best is None:
                 raise UserError(
-                    f"{url}: no trial has a checkpoint yet; wait for the search's first "
-                    "epoch, or give a checkpoint"
+                    f"{url}: no trial that did not error has a checkpoint yet; wait for a "
+                    "trial's first epoch, or give a checkpoint"
                 )
             model = best.checkpoint
     elif _is(url, PROMOTION_FILE):
