@@ -96,6 +96,17 @@ def bucket(s3_server, request):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback (Debian's package), a generated password, a
+    database for Optuna studies; clients get the password as PGPASSWORD."""
+    from tests.servers import PostgresServer
+
+    server = PostgresServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CBIS-DDSM/mini-MIAS metadata not found at {SHARED_DATA}")

@@ -5,6 +5,7 @@ everywhere, and no secret is in any file the project ships."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 
@@ -168,3 +169,50 @@ def test_the_local_stack_takes_its_ports_below_the_ephemeral_range(monkeypatch):
         # this machine listen in 10002-19999 (Ray's default worker ports) and may hold it.
         second = stack.allocate_ports()["gcs"]
         assert second > first and (second - first) % stack.BLOCK == 0
+
+
+MONITORING = ("RAY_PROMETHEUS_HOST", "RAY_GRAFANA_HOST", "RAY_GRAFANA_IFRAME_HOST")
+
+
+def test_every_head_tells_its_dashboard_where_prometheus_and_grafana_are():
+    """Without these, every chart of the Ray dashboard says "Set up Prometheus and Grafana"."""
+    config = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    start, monitoring = config["head_start_ray_commands"][-2:]
+    for name in MONITORING:
+        assert re.search(rf"\b{name}=http://127\.0\.0\.1:\d+", start), name
+    assert "ray start --head" in start
+    script = REPO / monitoring.replace("/opt/mammotune/", "")
+    assert script.is_file() and os.access(script, os.X_OK), script
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert "COPY dashboards ./dashboards" in dockerfile and "prometheus" in dockerfile
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        spec = _kuberay(name)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        env = {e["name"]: e["value"] for e in _head_container(spec)["env"]}
+        assert all(env.get(n, "").startswith("http://") for n in MONITORING), (name, env)
+
+
+def _head_container(spec: dict) -> dict:
+    return spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_kuberay_gpu_group_matches_the_aws_node_type():
+    """The autoscaling test runs the AWS file's node types; KubeRay's must be the same facts:
+    from zero, the same maximum, the same GPUs and CPUs per worker, the same idle timeout
+    (a RayJob's one-search cluster may let idle GPU workers go sooner)."""
+    aws = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    (gpu,) = [t for t in aws["available_node_types"].values() if "GPU" in t["resources"]]
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        spec = _kuberay(name)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        (group,) = spec["workerGroupSpecs"]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert group["minReplicas"] == gpu["min_workers"] == 0, name
+        assert group["maxReplicas"] == gpu["max_workers"], name
+        assert int(limits["nvidia.com/gpu"]) == gpu["resources"]["GPU"], name
+        assert int(limits["cpu"]) == gpu["resources"]["CPU"], name
+        idle = spec.get("autoscalerOptions", {}).get("idleTimeoutSeconds")
+        if name == "raycluster.yaml":
+            assert idle == aws["idle_timeout_minutes"] * 60, (name, idle)
+        else:
+            assert 0 < idle <= aws["idle_timeout_minutes"] * 60, (name, idle)

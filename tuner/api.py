@@ -261,7 +261,7 @@ def search(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     max_failures: int = 1,
-    reuse_actors: bool = False,
+    reuse_actors: bool = True,
     console=None,
     log: Log | None = None,
 ) -> Experiment:
@@ -283,7 +283,9 @@ def search(
         cpus_per_trial, gpus_per_trial: override the space's resources (0.5 GPU: two trials
             share one).
         max_failures: retries of an errored trial from its last checkpoint.
-        reuse_actors: recycle trial processes (quicker starts for short CPU trials).
+        reuse_actors: recycle trial worker processes (the default: a fresh process costs
+            seconds per trial; each trial frees its model and CUDA cache when it ends);
+            False: one process per trial.
         console: a rich Console to draw the live trial table on (default: Tune's output).
         log: receives progress lines.
 
@@ -294,6 +296,7 @@ def search(
     from tuner.cluster import check_gpus, connect
     from tuner.results.experiment import Experiment
     from tuner.search.runner import plan_search, run_search
+    from tuner.search.study import redact
 
     _require("search", space=space, data=data, storage=storage)
     emit = _log(log)
@@ -311,7 +314,12 @@ def search(
     )
     address = address or os.environ.get("RAY_ADDRESS") or None
     dashboard = connect(address)
-    check_gpus(plan.space.resources.gpu, address)
+    check_gpus(
+        plan.space.resources.gpu,
+        address,
+        plan.space.max_concurrent,
+        warn=lambda message: emit(f"warning: {message}"),
+    )
     sp = plan.space
     metrics = ", ".join(f"{o.name} ({o.mode})" for o in sp.objectives)
     emit(
@@ -319,7 +327,11 @@ def search(
         f"{plan.max_epochs} epochs max; sampler {sp.sampler.type}, scheduler "
         f"{sp.scheduler.type}, on {metrics}"
     )
-    emit(f"experiment: {plan.experiment}; Optuna study: {plan.study_storage}")
+    copied = f" (copied to {plan.experiment}/optuna.db at every snapshot)"
+    emit(
+        f"experiment: {plan.experiment}; Optuna study: {redact(plan.study_storage)}"
+        + (copied if plan.study_snapshot else "")
+    )
     if dashboard:
         emit(f"Ray dashboard: {dashboard}")
     run_search(plan, max_failures=max_failures, reuse_actors=reuse_actors, console=console)

@@ -196,15 +196,21 @@ def _search(commands) -> None:
         help="folder/URL with ImageNet files and mini-MIAS models (weights fetch, pretrain-mias)",
     )
     p.add_argument(
-        "--study", default=None, help="Optuna storage: SQLAlchemy URL (default: SQLite file)"
+        "--study",
+        default=None,
+        help="Optuna storage, an SQLAlchemy URL (postgresql://USER@HOST/DB, password from "
+        "PGPASSWORD); default: SQLite beside a local experiment, or copied into a bucket "
+        "experiment at every snapshot. With --resume: the storage again, if not recorded",
     )
     p.add_argument(
         "--max-failures", type=int, default=1, help="retries of an errored trial (default 1)"
     )
     p.add_argument(
         "--reuse-actors",
-        action="store_true",
-        help="recycle trial processes: quicker trial starts (short CPU trials)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recycle trial worker processes (default; each trial frees its model and CUDA "
+        "cache at its end); --no-reuse-actors: a fresh process per trial",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(run=cmd_search)
@@ -220,7 +226,9 @@ def cmd_search(args) -> None:
             raise UserError(
                 f"--resume continues the search as it was started; drop {', '.join(given)}"
             )
-        experiment = tuner.Experiment(args.resume).resume(address=args.address, log=console.print)
+        experiment = tuner.Experiment(args.resume).resume(
+            address=args.address, study=args.study, log=console.print
+        )
     else:
         missing = [f"--{n}" for n in ("space", "data", "storage") if getattr(args, n) is None]
         if missing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from tuner.errors import UserError
 
@@ -88,36 +89,80 @@ def _refused_token(exc: BaseException) -> bool:
     return False
 
 
-def check_gpus(gpus_per_trial: float, address: str | None) -> None:
-    """Refuse a search that asks for GPUs on a cluster that has none and cannot add any.
+def check_gpus(
+    gpus_per_trial: float,
+    address: str | None,
+    max_concurrent: int = 0,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Refuse a search whose trials no node can hold; warn when the cluster cannot run
+    ``max_concurrent`` of them at once.
 
-    A cluster whose autoscaler can launch GPU nodes passes: trials wait for them.
+    A trial's GPUs are on one node: what counts is each node's GPUs (the alive nodes, and
+    the node types the autoscaler may launch, up to their max workers). A cluster whose
+    autoscaler can launch GPU nodes passes with none alive: trials wait for them.
 
     Raises:
-        UserError: no GPU now, and none in the autoscaler's node types.
+        UserError: no GPU now and none in the autoscaler's node types, or more GPUs per
+            trial than any node (type) has.
     """
+    import math
+
     import ray
 
-    if gpus_per_trial <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
+    if gpus_per_trial <= 0:
         return
-    if _autoscaler_gpus() > 0:
-        return
+    alive = [
+        float(node["Resources"].get("GPU", 0))
+        for node in ray.nodes()
+        if node.get("Alive") and node["Resources"].get("GPU", 0) > 0
+    ]
+    groups = _autoscaler_gpu_groups()  # (node type, GPUs per node, max workers)
     where = f"the Ray cluster at {address}" if address else "this machine's local Ray"
-    raise UserError(
-        f"the search asks for {gpus_per_trial:g} GPU per trial but {where} has no GPUs "
-        "(and no autoscaling GPU node type); pass --gpus-per-trial 0 to train on CPUs, or "
-        "use a cluster with GPU workers (infra/aws/cluster.yaml, infra/kuberay/)"
-    )
+    if not alive and not groups:
+        raise UserError(
+            f"the search asks for {gpus_per_trial:g} GPU per trial but {where} has no GPUs "
+            "(and no autoscaling GPU node type); pass --gpus-per-trial 0 to train on CPUs, or "
+            "use a cluster with GPU workers (infra/aws/cluster.yaml, infra/kuberay/)"
+        )
+    largest = max([*alive, *(gpus for _, gpus, _ in groups)])
+    if gpus_per_trial > largest:
+        raise UserError(
+            f"the search asks for {gpus_per_trial:g} GPUs per trial but the largest node of "
+            f"{where} (alive or autoscaled) has {largest:g}; a trial's GPUs are on one node: "
+            f"pass --gpus-per-trial {largest:g} or less, or add a larger node type"
+        )
+    if max_concurrent <= 0:
+        return
+    per_node = [math.floor(g / gpus_per_trial + 1e-9) for g in alive]
+    per_node += [math.floor(g / gpus_per_trial + 1e-9) * n for _, g, n in groups]
+    if sum(per_node) < max_concurrent:
+        nodes = [f"{len(alive)} alive GPU node(s)"] if alive else []
+        nodes += [f"{name}: up to {n} worker(s) of {g:g} GPU" for name, g, n in groups]
+        (warn or logging.getLogger(__name__).warning)(
+            f"{where} can run at most {sum(per_node)} trial(s) at once at {gpus_per_trial:g} "
+            f"GPU per trial ({'; '.join(nodes)}), but max_concurrent is {max_concurrent}: "
+            "the other trials wait"
+        )
 
 
-def _autoscaler_gpus() -> float:
-    """GPUs the cluster's autoscaler may add (its node types' maximum); 0 when it has none.
+def _autoscaler_gpu_groups() -> list[tuple[str, float, int]]:
+    """The GPU node types the cluster's autoscaler may launch: (name, GPUs per node, max
+    workers); empty when it has none or there is no autoscaler.
 
     Read the way Ray Train and Ray Data read it (the autoscaler's cluster config in the GCS).
     """
     try:
         from ray._private.state import state
 
-        return float((state.get_max_resources_from_cluster_config() or {}).get("GPU", 0))
+        config = state.get_cluster_config()
+        if config is None:
+            return []
+        return [
+            (group.name, float(group.resources.get("GPU", 0)), int(group.max_count))
+            for group in config.node_group_configs
+            if group.resources.get("GPU", 0) > 0 and group.max_count != 0
+        ]
     except Exception:  # no such record (an older Ray): treated as no GPU node type
-        return 0.0
+        return []

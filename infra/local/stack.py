@@ -54,7 +54,9 @@ class StackError(RuntimeError):
     pass
 
 
-STACK_PORTS = ("gcs", "dashboard", "client", "s3")
+STACK_PORTS = ("gcs", "dashboard", "client", "s3", "prometheus")
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS_CONFIG = REPO / "dashboards" / "prometheus" / "prometheus.yml"
 BLOCK = 500  # ports a stack reserves: its own, then each node's own and its worker range
 SINGLES = 2000  # just below the ephemeral range: single ports (free_port), never a stack's
 
@@ -111,6 +113,64 @@ def free_port() -> int:
     raise StackError(f"no free port between {low - SINGLES} and {low}")
 
 
+def fake_autoscaling_config(
+    cluster: dict, *, head_cpus: int = 1, idle_timeout_minutes: float | None = None
+) -> dict:
+    """An autoscaler config for Ray's fake multi-node provider (worker nodes are processes on
+    this machine, advertising the resources of their node type, GPUs included) with the
+    worker node types, min/max workers and upscaling of a Ray cluster launcher file
+    (``infra/aws/cluster.yaml``). Ray's own ``example.yaml`` for this provider is not in the
+    wheel: this is its shape.
+
+    Args:
+        idle_timeout_minutes: instead of the file's (minutes on a cloud; seconds in a test).
+    """
+    head_type = cluster["head_node_type"]
+    types = {
+        name: {
+            "resources": dict(spec["resources"]),
+            "node_config": {},
+            "min_workers": int(spec.get("min_workers", 0)),
+            "max_workers": int(spec.get("max_workers", cluster["max_workers"])),
+        }
+        for name, spec in cluster["available_node_types"].items()
+        if name != head_type
+    }
+    types["ray.head.default"] = {
+        "resources": {"CPU": head_cpus},
+        "node_config": {},
+        "max_workers": 0,
+    }
+    idle = cluster.get("idle_timeout_minutes", 5)
+    return {
+        "cluster_name": cluster.get("cluster_name", "mammotune") + "-local",
+        "max_workers": int(cluster["max_workers"]),
+        "upscaling_speed": float(cluster.get("upscaling_speed", 1.0)),
+        "idle_timeout_minutes": idle if idle_timeout_minutes is None else idle_timeout_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         process = psutil.Process(pid)
@@ -154,15 +214,27 @@ class LocalStack:
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.state['ports']['s3']}"
+        return self.state.get("s3_endpoint") or f"http://127.0.0.1:{self.state['ports']['s3']}"
 
     @property
     def temp_dir(self) -> Path:
         return Path(self.state["temp_dir"])
 
+    @property
+    def prometheus(self) -> str | None:
+        """Prometheus's URL, if the stack started one."""
+        if "prometheus" not in self.state.get("pids", {}):
+            return None
+        return f"http://127.0.0.1:{self.state['ports']['prometheus']}"
+
+    @property
+    def service_discovery(self) -> Path:
+        """The file where Ray's head lists every node's metrics endpoint."""
+        return self.temp_dir / "head" / "prom_metrics_service_discovery.json"
+
     def metrics_targets(self) -> list[str]:
         """Prometheus targets from Ray's service-discovery file (what prometheus.yml reads)."""
-        sd = self.temp_dir / "head" / "prom_metrics_service_discovery.json"
+        sd = self.service_discovery
         return [t for group in json.loads(sd.read_text()) for t in group["targets"]]
 
     def client_env(self) -> dict[str, str]:
@@ -198,6 +270,10 @@ class LocalStack:
         object_store_mb: int = 512,
         env: dict[str, str] | None = None,
         buckets: tuple[str, ...] = ("data", "runs"),
+        s3_endpoint: str | None = None,
+        prometheus: bool | None = None,
+        scrape_interval: str = "10s",
+        autoscaling: dict | None = None,
         timeout: float = 90,
     ) -> LocalStack:
         """Start the S3 server, the head and the worker node; return once both nodes are up.
@@ -206,7 +282,18 @@ class LocalStack:
             env: the environment the servers and nodes start with (default: this process's);
                 credentials for the S3 server come from it, as on a real cluster.
             buckets: made empty on the S3 server (s3://data, s3://runs).
+            s3_endpoint: use this S3 server (it outlives the cluster, as a cloud bucket
+                does) instead of starting one; ``buckets`` are then left as they are.
+            prometheus: start Prometheus (Debian's ``prometheus``) with the project's
+                ``dashboards/prometheus/prometheus.yml``, scraping every node every
+                ``scrape_interval``, and tell the Ray dashboard where it is
+                (``RAY_PROMETHEUS_HOST``); None: if the binary is on PATH.
+            autoscaling: an autoscaling cluster instead of the fixed worker node: the head
+                alone, with Ray's autoscaler launching and removing worker nodes of these
+                node types on this machine (:func:`fake_autoscaling_config`).
         """
+        if prometheus is None:
+            prometheus = shutil.which("prometheus") is not None
         if self.state and any(_tree(p) for p in self.pids()):
             raise StackError(f"a stack is already running from {self.directory}; run `down`")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -223,34 +310,80 @@ class LocalStack:
         temp_dir = tempfile.mkdtemp(prefix="mt-ray-", dir="/tmp")
         ports = allocate_ports()
         self.state = {"temp_dir": temp_dir, "ports": ports, "pids": {}}
+        if s3_endpoint:
+            self.state["s3_endpoint"] = s3_endpoint
         logs = self.directory / "logs"
         logs.mkdir(exist_ok=True)
         try:
-            self._start(
-                "s3",
-                [
-                    str(BIN / "python"),
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    str(ports["s3"]),
-                ],
-                base_env,
-            )
-            self._wait_http(f"{self.s3_endpoint}/moto-api/", timeout)
-            self._make_buckets(buckets, base_env)
-            self._start("head", self._ray_start("head", head_cpus, object_store_mb), base_env)
+            if not s3_endpoint:
+                self._start_s3(buckets, base_env, timeout)
+            head_env = dict(base_env)
+            if prometheus:  # started below, once the head has written its discovery file
+                head_env["RAY_PROMETHEUS_HOST"] = f"http://127.0.0.1:{ports['prometheus']}"
+            head = self._ray_start("head", head_cpus, object_store_mb)
+            if autoscaling:
+                head += [f"--autoscaling-config={self._autoscaling(autoscaling, head_env)}"]
+            self._start("head", head, head_env)
             self._wait_nodes(1, timeout, base_env)
-            self._start("worker", self._ray_start("worker", worker_cpus, object_store_mb), base_env)
-            self._wait_nodes(2, timeout, base_env)
+            if not autoscaling:
+                worker = self._ray_start("worker", worker_cpus, object_store_mb)
+                self._start("worker", worker, base_env)
+                self._wait_nodes(2, timeout, base_env)
+            if prometheus:
+                self._start_prometheus(scrape_interval, base_env, timeout)
         except BaseException:
             self.down()
             raise
         env_sh = "".join(f"export {k}={v}\n" for k, v in self.client_env().items())
         (self.directory / "env.sh").write_text(env_sh)
         return self
+
+    def _start_s3(self, buckets, env: dict, timeout: float) -> None:
+        port = str(self.state["ports"]["s3"])
+        self._start(
+            "s3", [str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", port], env
+        )
+        self._wait_http(f"{self.s3_endpoint}/moto-api/", timeout)
+        self._make_buckets(buckets, env)
+
+    def _autoscaling(self, config: dict, head_env: dict) -> Path:
+        """Write the autoscaler's config; set up the head's environment for Ray's fake
+        multi-node provider, which starts worker nodes from the autoscaler's process."""
+        config = {**config, "provider": {**config["provider"], "gcs_address": self.address}}
+        path = self.directory / "autoscaling.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        # Autoscaled nodes pick random ports (Ray's own choice) and take their temp dir from
+        # RAY_TMPDIR: this stack's, never /tmp/ray, where other Ray sessions live.
+        autoscaled = self.temp_dir / "autoscaled"
+        autoscaled.mkdir()
+        head_env.update(
+            {
+                "RAY_FAKE_CLUSTER": "1",
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                "RAY_TMPDIR": str(autoscaled),
+            }
+        )
+        self.state["autoscaling"] = True
+        return path
+
+    def _start_prometheus(self, interval: str, env: dict, timeout: float) -> None:
+        """Prometheus with the project's config, its service-discovery file pointed at this
+        stack's head (Prometheus watches the file: it may appear after the start)."""
+        import yaml
+
+        spec = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        spec["global"]["scrape_interval"] = spec["global"]["evaluation_interval"] = interval
+        for job in spec["scrape_configs"]:
+            for sd in job.get("file_sd_configs", []):
+                sd["files"] = [str(self.service_discovery)]
+        config = self.directory / "prometheus.yml"
+        config.write_text(yaml.safe_dump(spec, sort_keys=False))
+        port = self.state["ports"]["prometheus"]
+        command = [shutil.which("prometheus") or "prometheus", f"--config.file={config}"]
+        command += [f"--storage.tsdb.path={self.directory / 'prometheus-data'}"]
+        command += [f"--web.listen-address=127.0.0.1:{port}"]
+        self._start("prometheus", command, env)
+        self._wait_http(f"http://127.0.0.1:{port}/-/ready", timeout)
 
     def _make_buckets(self, buckets, env: dict) -> None:
         import boto3
@@ -294,7 +427,7 @@ class LocalStack:
         return command
 
     def _start(self, name: str, command: list[str], base_env: dict) -> None:
-        env = {**base_env, **(self.node_env(name) if name != "s3" else {})}
+        env = {**base_env, **(self.node_env(name) if name in ("head", "worker") else {})}
         log = (self.directory / "logs" / f"{name}.log").open("w")
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -350,7 +483,7 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, pid in self.state["pids"].items():
-                fatal = self._raylet_fatal(name) if name != "s3" else ""
+                fatal = self._raylet_fatal(name) if name in ("head", "worker") else ""
                 if fatal or not _tree(pid):
                     log = (self.directory / "logs" / f"{name}.log").read_text()[-3000:]
                     raise StackError(f"{name} exited during start:\n{log}{fatal}")
@@ -392,7 +525,7 @@ class LocalStack:
                 os.kill(pids["s3"], signal.SIGCONT)  # a paused server cannot act on SIGTERM
             except ProcessLookupError:
                 pass
-        for name in ("worker", "head", "s3"):
+        for name in ("worker", "head", "prometheus", "s3"):
             if name in pids:
                 _stop(_tree(pids[name]))
         if self.state.get("temp_dir"):
@@ -416,6 +549,7 @@ class LocalStack:
             f"  dashboard/Jobs: {self.dashboard}",
             f"  S3 endpoint:    {self.s3_endpoint}",
             f"  metrics:        {', '.join(self.metrics_targets())}",
+            f"  Prometheus:     {self.prometheus or 'not started (no prometheus on PATH)'}",
             f"  source {self.directory / 'env.sh'}",
         ]
         return "\n".join(lines)

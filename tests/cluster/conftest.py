@@ -50,21 +50,24 @@ def secret() -> str:
 def stack(tmp_path_factory, secret):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "mammotune-cluster", "AWS_SECRET_ACCESS_KEY": secret}
     local = stack_module.LocalStack(tmp_path_factory.mktemp("stack"))
-    local.up(env=env)
+    local.up(env=env, scrape_interval="2s")  # with Prometheus, when installed (CI installs it)
     yield local
     local.down()
 
 
 class Client:
-    """Runs `mammotune` commands against the stack, as a user's shell would."""
+    """Runs `mammotune` commands against the stack, as a user's shell would: the stack's
+    environment, and the PostgreSQL study's password as PGPASSWORD (README)."""
 
-    def __init__(self, stack, secret: str):
+    def __init__(self, stack, secret: str, postgres):
         self.stack = stack
+        self.postgres = postgres
         self.env = {
             **os.environ,
             **stack.client_env(),
             "AWS_ACCESS_KEY_ID": "mammotune-cluster",
             "AWS_SECRET_ACCESS_KEY": secret,
+            "PGPASSWORD": postgres.password,
         }
 
     def command(self, *args) -> list[str]:
@@ -93,13 +96,15 @@ class Client:
             start_new_session=True,
         )
 
-    def search_args(self, folder, name: str, data: str, *extra, address=None, **space) -> list:
+    def search_args(
+        self, folder, name: str, data: str, *extra, address=None, study=True, **space
+    ) -> list:
         """`search` with a space written into ``folder`` (see :func:`write_space`), its
-        experiment at s3://runs/<name>, its study in ``folder``, on the stack (or
-        ``address``)."""
+        experiment at s3://runs/<name>, its study on the PostgreSQL server (``study=False``:
+        the default, copied into the bucket), on the stack (or ``address``)."""
         return [
             "search", "--space", write_space(folder, name, **space), "--data", data,
-            "--storage", f"s3://runs/{name}", "--study", f"sqlite:///{folder}/study.db",
+            "--storage", f"s3://runs/{name}", *(["--study", self.postgres.url] if study else []),
             "--address", address or self.stack.address, *extra,
         ]  # fmt: skip
 
@@ -116,8 +121,8 @@ class Client:
 
 
 @pytest.fixture(scope="session")
-def client(stack, secret) -> Client:
-    return Client(stack, secret)
+def client(stack, secret, postgres) -> Client:
+    return Client(stack, secret, postgres)
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +148,32 @@ def cluster_data(client, synthetic_source) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return url
+
+
+def token_env(client, token: str | None = None) -> dict:
+    """A submitter's environment changes: the token itself in RAY_AUTH_TOKEN (the stack's
+    unless given), no RAY_AUTH_MODE, no token file."""
+    token = token or (client.stack.directory / "auth_token").read_text().strip()
+    return {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_AUTH_TOKEN": token}
+
+
+SUBMITTED_JOB = "mammotune-submitted-search"
+
+
+@pytest.fixture(scope="session")
+def submitted(client, cluster_data, tmp_path_factory):
+    """`mammotune submit -- search ...` through the Jobs API, followed to its end."""
+    space = write_space(tmp_path_factory.mktemp("submitted"), "submitted", trials=1, epochs=1)
+    (REPO / ".pytest-submit").mkdir(exist_ok=True)  # space files travel in the working dir
+    shipped = REPO / ".pytest-submit" / "submitted.yaml"
+    shipped.write_text(space.read_text())
+    try:
+        return client.run(
+            "submit", "--address", client.stack.dashboard, "--job-id", SUBMITTED_JOB, "--",
+            "search", "--space", ".pytest-submit/submitted.yaml", "--data", cluster_data,
+            "--storage", "s3://runs/submitted",  # no --study: it goes into the bucket
+            env=token_env(client),
+        )  # fmt: skip
+    finally:
+        shipped.unlink()
+        (REPO / ".pytest-submit").rmdir()

@@ -79,7 +79,9 @@ def test_a_lost_worker_node_moves_its_trials_to_the_survivor(client, cluster_dat
         assert _epochs_in_order(rows[name]) == [1, 2, 3, 4]
 
 
-def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_path):
+def test_a_killed_driver_is_resumed_on_the_cluster_with_a_postgres_study(
+    client, cluster_data, tmp_path
+):
     experiment = "s3://runs/driver-killed"
     log = tmp_path / "driver.log"
     args = client.search_args(tmp_path, "driver-killed", cluster_data, trials=4, epochs=4, seed=2)
@@ -113,7 +115,9 @@ def test_a_killed_driver_is_resumed_on_the_cluster(client, cluster_data, tmp_pat
     for name in finished:
         assert _epochs_in_order(rows[name]) == [1, 2, 3, 4]  # not trained again
     assert retention_errors(fs, experiment, "val_roc_auc", "max", keep=1) == {}
-    study = optuna.load_study(study_name="driver-killed", storage=f"sqlite:///{tmp_path}/study.db")
+    # The same study on the PostgreSQL server, its password from the environment (PGPASSWORD)
+    os.environ["PGPASSWORD"] = client.postgres.password
+    study = optuna.load_study(study_name="driver-killed", storage=client.postgres.url)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
     assert optuna.trial.TrialState.RUNNING not in states

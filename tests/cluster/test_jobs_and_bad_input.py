@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.cluster.conftest import write_space
+from tests.cluster.conftest import SUBMITTED_JOB, token_env, write_space
 from tests.conftest import REPO, free_port, start_moto
 
 
@@ -24,42 +24,17 @@ def _one_clear_line(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def _token_env(client, token: str | None = None) -> dict:
-    """A submitter's environment changes: the token itself in RAY_AUTH_TOKEN (the stack's
-    unless given), no RAY_AUTH_MODE, no token file."""
-    token = token or (client.stack.directory / "auth_token").read_text().strip()
-    return {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_AUTH_TOKEN": token}
-
-
-def test_submit_runs_a_search_as_a_ray_job(client, cluster_data, tmp_path):
-    space = write_space(tmp_path, "submitted", trials=1, epochs=1)
-    (REPO / ".pytest-submit").mkdir(exist_ok=True)  # space files travel in the working dir
-    shipped = REPO / ".pytest-submit" / "submitted.yaml"
-    shipped.write_text(space.read_text())
-    try:
-        result = client.run(
-            "submit",
-            "--address",
-            client.stack.dashboard,
-            "--",
-            "search",
-            "--space",
-            ".pytest-submit/submitted.yaml",
-            "--data",
-            cluster_data,
-            "--storage",
-            "s3://runs/submitted",
-            "--study",
-            f"sqlite:///{tmp_path}/study.db",
-            env=_token_env(client),
-        )
-    finally:
-        shipped.unlink()
-        (REPO / ".pytest-submit").rmdir()
+def test_submit_runs_a_search_as_a_ray_job(client, submitted):
+    result = submitted
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"submitted job {SUBMITTED_JOB}" in result.stdout
     assert "SUCCEEDED" in result.stdout and "best trial" in result.stdout
     status = json.loads(client.run("status", "s3://runs/submitted", "--json").stdout)
     assert status["finished"] == 1
+    # The job's cluster may go (a RayJob's does): its study went to the bucket with the rest.
+    meta = json.loads(client.s3().cat("runs/submitted/search.json"))
+    assert meta["study"]["snapshot"] == "optuna.db"
+    assert client.s3().exists("runs/submitted/optuna.db")
 
 
 def test_submit_refuses_secrets_in_the_job_environment(client):
@@ -84,7 +59,7 @@ def test_submit_with_a_wrong_token(client):
         "--",
         "status",
         "s3://runs/x",
-        env=_token_env(client, "0" * 64),
+        env=token_env(client, "0" * 64),
     )
     _one_clear_line(result, "refused this client's token")
 
@@ -105,7 +80,7 @@ def test_search_at_an_unreachable_address(client, cluster_data, tmp_path):
 def test_search_with_a_wrong_token(client, cluster_data, tmp_path):
     result = client.run(
         *client.search_args(tmp_path, "wrong-token", cluster_data),
-        env=_token_env(client, "0" * 64),
+        env=token_env(client, "0" * 64),
     )
     _one_clear_line(result, "refused this client's token")
     assert not client.s3().exists("runs/wrong-token")

@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import psutil
@@ -53,6 +54,7 @@ def searched(client, cluster_data, tmp_path_factory):
 
     thread = threading.Thread(target=scrape, daemon=True)
     thread.start()
+    started = time.time()
     try:
         result = client.run(*client.search_args(folder, "two-nodes", cluster_data))
         time.sleep(3)  # one more report interval of the metrics agents
@@ -61,7 +63,12 @@ def searched(client, cluster_data, tmp_path_factory):
         done.set()
         thread.join()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"result": result, "metrics": scraped, "folder": folder}
+    return {
+        "result": result,
+        "metrics": scraped,
+        "folder": folder,
+        "window": (started, time.time()),
+    }
 
 
 def test_trials_ran_on_both_nodes_and_streamed_from_s3(client, searched):
@@ -103,6 +110,45 @@ def test_every_dashboard_metric_is_exported(searched):
     assert not missing, f"queried by the dashboard, never exported: {sorted(missing)}"
 
 
+def _prometheus(url: str, path: str, **params):
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}/api/v1/{path}?{query}", timeout=30) as reply:
+        body = json.loads(reply.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_every_dashboard_query_returns_data_on_prometheus(client, searched):
+    """Prometheus (Debian's, with dashboards/prometheus/prometheus.yml, started with the
+    stack) scraped both nodes through Ray's service discovery during the search; every
+    query of the Grafana dashboard, its variable filled in, returns data over that time."""
+    url = client.stack.prometheus
+    assert url, "the stack started no Prometheus: install Debian's prometheus (.ci/run does)"
+    targets = _prometheus(url, "targets")["activeTargets"]
+    assert len({t["labels"]["instance"] for t in targets if t["health"] == "up"}) >= 2, targets
+    dashboard = json.loads((REPO / "dashboards" / "grafana" / "mammotune.json").read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "experiment"]
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
+    assert "two-nodes" in _prometheus(url, f"label/{label}/values", **{"match[]": metric})
+    start, end = searched["window"]
+    empty, exempt, evaluated = [], [], 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$experiment", "two-nodes")
+            if set(re.findall(r"\b(ray_[a-z0-9_]+)", expr)) & GPU_ONLY:
+                exempt.append(panel["title"])  # no GPU on this machine: no series
+                continue
+            data = _prometheus(url, "query_range", query=expr, start=start, end=end, step=2)
+            evaluated += 1
+            if not any(series["values"] for series in data["result"]):
+                empty.append(f"{panel['title']}: {expr}")
+    assert not empty, "dashboard queries with no data:\n" + "\n".join(empty)
+    assert evaluated >= 10 and sorted(exempt) == [
+        "GPU memory used per node (Ray)",
+        "GPU utilization per node (Ray)",
+    ]
+
+
 def test_dashboard_and_jobs_api_listen_on_loopback_only(client):
     port = int(client.stack.dashboard.rsplit(":", 1)[1])
     listening = [
@@ -121,20 +167,25 @@ def test_the_secret_key_is_written_nowhere(client, searched, secret, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (downloaded / "state.pt").exists()
     needle = secret.encode()
+    # nor the PostgreSQL study's password (Tune pickles the searcher, its storage with it)
+    password = client.postgres.password.encode()
     places = [searched["folder"], downloaded, client.stack.directory, client.stack.temp_dir]
     checked = 0
     for place in places:
         for path in place.rglob("*"):
             if path.is_file() and not path.is_socket():
                 try:
-                    assert needle not in path.read_bytes(), f"secret key found in {path}"
+                    data = path.read_bytes()
+                    assert needle not in data, f"secret key found in {path}"
+                    assert password not in data, f"PostgreSQL password found in {path}"
                 except (PermissionError, OSError):
                     continue
                 checked += 1
     fs = client.s3()
     for bucket in ("data", "runs"):
         for key in fs.find(bucket):
-            assert needle not in fs.cat(key), f"secret key found in s3://{key}"
+            data = fs.cat(key)
+            assert needle not in data and password not in data, f"a secret in s3://{key}"
             checked += 1
     for output in (searched["result"].stdout, searched["result"].stderr, result.stdout):
         assert secret not in output

@@ -231,27 +231,38 @@ class Experiment:
         return Promotion.from_json(storage.join(self.url, PROMOTIONS, found["id"]), found)
 
     def resume(
-        self, *, address: str | None = None, log: Callable[[str], None] | None = None
+        self,
+        *,
+        address: str | None = None,
+        study: str | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> Experiment:
         """Continue the search where its driver stopped (Ctrl-C, or killed outright), with
         the same Optuna study, on a local Ray or the cluster at ``address``.
+
+        A bucket experiment's default study comes from the copy in the bucket, so a new
+        cluster can resume it; ``study`` gives the storage URL again where ``search.json``
+        cannot (it records no password).
 
         Finished trials are kept, unfinished ones resume from their last checkpoint, and
         the search runs on to its trial count. Tune reads its own pickled state to resume:
         resume only experiments you trust.
 
         Raises:
-            UserError: nothing to resume here, or a cluster that cannot run it.
+            UserError: nothing to resume here, its study not found, or a cluster that
+                cannot run it.
         """
         from tuner.cluster import check_gpus, connect
         from tuner.search.runner import check_resumable, resume_search
+        from tuner.search.study import prepare_resume
 
         emit = log or logging.getLogger("tuner").info
         meta = check_resumable(self.url)  # before starting or joining a cluster
+        study = prepare_resume(meta, self.url, study)
         dashboard = connect(address)
         check_gpus(meta["space"]["resources"]["gpu"], address)
         emit(f"resuming the search at {self.url}")
         if dashboard:
             emit(f"Ray dashboard: {dashboard}")
-        resume_search(self.url)
+        resume_search(self.url, study)
         return self

@@ -8,7 +8,6 @@ space, the dataset and its tile sizes, the weights, and the experiment location.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import posixpath
@@ -25,6 +24,16 @@ from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT, trial_st
 from tuner.search.retention import prune_checkpoints
 from tuner.search.space import DefineByRun, check_space
 from tuner.search.strategies import build_sampler, build_scheduler
+from tuner.search.study import (
+    SNAPSHOT_FILE,
+    StudyStorage,
+    bind,
+    check_new_study,
+    default_study,
+    prepare_resume,
+    upload_snapshot,
+    without_password,
+)
 from tuner.training.config import TrialConfig
 from tuner.training.trainable import train_trial
 
@@ -45,6 +54,8 @@ class SearchPlan:
     study_storage: str
     max_epochs: int
     constants: dict
+    # A bucket experiment's default study: a copy goes into every snapshot (tuner.search.study)
+    study_snapshot: bool = False
 
 
 def _max_epochs(space: SearchSpace) -> int:
@@ -52,17 +63,6 @@ def _max_epochs(space: SearchSpace) -> int:
     if dim is None:
         return int(space.fixed.get("epochs", TrialConfig().epochs))
     return int(max(dim.choices) if isinstance(dim, Categorical) else dim.high)
-
-
-def _default_study(experiment: str) -> str:
-    """SQLite next to a local experiment; for a bucket, in the user's cache (SQLite needs a
-    local disk). Pass --study with an SQLAlchemy URL (PostgreSQL) on a cluster."""
-    if storage.is_local(experiment):
-        return f"sqlite:///{storage.join(experiment, 'optuna.db')}"
-    digest = hashlib.sha256(experiment.encode()).hexdigest()[:12]
-    folder = os.path.join(os.path.expanduser("~"), ".cache", "mammotune", "studies")
-    os.makedirs(folder, exist_ok=True)
-    return f"sqlite:///{folder}/{posixpath.basename(experiment)}-{digest}.db"
 
 
 def plan_search(
@@ -116,6 +116,13 @@ def plan_search(
     if fs.exists(path) and fs.ls(path):
         raise UserError(f"{experiment} is not empty; choose a new storage location (--storage)")
     storage.check_writable(posixpath.dirname(experiment))
+    if study:
+        check_new_study(study, posixpath.basename(experiment), stale_copy=False)
+        snapshot = False
+    else:
+        study, snapshot = default_study(experiment)
+        if snapshot:  # the location is empty: a working copy of the same URL is stale
+            check_new_study(study, posixpath.basename(experiment), stale_copy=True)
 
     constants = {
         "data": storage.normalize(data),
@@ -130,7 +137,8 @@ def plan_search(
         data=storage.normalize(data),
         dataset_id=manifest["id"],
         experiment=experiment,
-        study_storage=study or _default_study(experiment),
+        study_storage=study,
+        study_snapshot=snapshot,
         max_epochs=_max_epochs(space),
         constants=constants,
     )
@@ -190,7 +198,7 @@ def run_search(
     trainable=None,
     stop=None,
     callbacks=None,
-    reuse_actors: bool = False,
+    reuse_actors: bool = True,
     console=None,
 ):
     """Run the planned search on the connected Ray cluster; returns Tune's ResultGrid.
@@ -205,11 +213,13 @@ def run_search(
         trainable, stop, callbacks: another function trainable, a Tune stopper and Tune
             callbacks (the search-efficiency benchmark runs a simulated trainable through
             this same machinery).
-        reuse_actors: run trials in recycled worker processes; off for real training, so
-            that each trial starts with fresh GPU memory.
+        reuse_actors: run trials in recycled worker processes (a fresh one costs seconds
+            of start-up and imports per trial; ``benchmarks/overhead.py``). Each trial frees
+            its model, optimizer, loaders and CUDA cache as it ends
+            (:func:`tuner.training.trainable.release_trial_memory`); Tune recycles a process
+            only for a trial that asks for the same resources.
         console: a rich Console for the live trial table (instead of Tune's own output).
     """
-    import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -228,7 +238,12 @@ def run_search(
             "space": space.model_dump(mode="json"),
             "data": plan.data,
             "dataset_id": plan.dataset_id,
-            "study": {"storage": plan.study_storage, "name": posixpath.basename(plan.experiment)},
+            "study": {
+                "storage": without_password(plan.study_storage),
+                "name": posixpath.basename(plan.experiment),
+                # where Tune's snapshots put a copy of it, relative to the experiment
+                **({"snapshot": SNAPSHOT_FILE} if plan.study_snapshot else {}),
+            },
             "metric": space.metric,
             "mode": space.mode,
             "objectives": [o.model_dump() for o in objectives],
@@ -243,7 +258,8 @@ def run_search(
         mode=[o.mode for o in objectives] if multi else space.mode,
         sampler=build_sampler(space),
         study_name=name,
-        storage=optuna.storages.RDBStorage(plan.study_storage),
+        storage=StudyStorage(plan.study_storage, plan.experiment, snapshot=plan.study_snapshot),
+        snapshot_study=plan.study_snapshot,
     )
     filesystem, parent = storage.pyarrow_filesystem(posixpath.dirname(plan.experiment))
     tuner_ = tune.Tuner(
@@ -277,7 +293,7 @@ def run_search(
             verbose=0 if console is not None else verbose,
         ),
     )
-    study = {"storage": plan.study_storage, "name": name}
+    study = {"storage": plan.study_storage, "name": name, "snapshot": plan.study_snapshot}
     return _fit_and_prune(tuner_, plan.experiment, space, study)
 
 
@@ -285,7 +301,8 @@ def _fit_and_prune(tuner_, experiment: str, space: SearchSpace, study: dict):
     """Run the search, then prune what its last snapshot records as finished (trials that
     finished after the retention callback's last check) and close the study's orphans."""
     results = tuner_.fit()
-    _close_study(study, experiment, space.trials)
+    if _close_study(study, experiment, space.trials) and study.get("snapshot"):
+        upload_snapshot(study["storage"], experiment)  # Tune's last snapshot predates that
     try:
         prune_checkpoints(
             experiment, metric=space.metric, mode=space.mode, keep=space.keep_checkpoints
@@ -333,7 +350,7 @@ def check_resumable(experiment: str) -> dict:
     return storage.read_json(meta_url)
 
 
-def resume_search(experiment: str):
+def resume_search(experiment: str, study: str | None = None):
     """Continue an interrupted search (Ctrl-C, or a driver killed outright) where it stopped.
 
     Finished trials keep their results; unfinished ones resume from their last checkpoint;
@@ -341,14 +358,20 @@ def resume_search(experiment: str):
     that Optuna had started but Tune never recorded (the driver died in between) are marked
     failed in the study so that they do not linger as running.
 
+    Args:
+        study: the study's storage URL, when it is not the one ``search.json`` records (it
+            holds no password) or the bucket's snapshot.
+
     Raises:
-        UserError: nothing to resume at ``experiment``.
+        UserError: nothing to resume at ``experiment``, or its study is not found.
     """
     from ray import tune
 
     _tune_environment()
     experiment = storage.normalize(experiment)
     meta = check_resumable(experiment)
+    meta["study"] = {**meta["study"], "storage": prepare_resume(meta, experiment, study)}
+    bind(experiment, meta["study"]["storage"])  # the searcher Tune unpickles opens it
     filesystem, path = storage.pyarrow_filesystem(experiment)
     space = SearchSpace.model_validate(meta["space"])
     tuner_ = tune.Tuner.restore(
@@ -362,7 +385,7 @@ def resume_search(experiment: str):
     return _fit_and_prune(tuner_, experiment, space, meta["study"])
 
 
-def _close_study(study: dict, experiment: str, planned: int) -> None:
+def _close_study(study: dict, experiment: str, planned: int) -> bool:
     """Once the search has run all its trials and Tune's snapshot records every one as
     finished or errored, no Tune trial can report to an Optuna trial any more: fail those
     still running (orphans of a killed driver, including from experiments written before
@@ -372,12 +395,15 @@ def _close_study(study: dict, experiment: str, planned: int) -> None:
     fs, path = storage.filesystem(experiment)
     states = trial_states(fs, path)
     if len(states) < planned or any(s not in ("TERMINATED", "ERROR") for s, _ in states.values()):
-        return
+        return False
     storage_ = optuna.storages.RDBStorage(study["storage"])
     study_id = storage_.get_study_id_from_name(study["name"])
+    closed = False
     for trial in storage_.get_all_trials(study_id, deepcopy=False):
         if trial.state == optuna.trial.TrialState.RUNNING:
             storage_.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            closed = True
+    return closed
 
 
 def _fail_orphans(study: dict, experiment: str) -> None:

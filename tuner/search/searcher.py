@@ -9,7 +9,11 @@ Tune's searcher snapshot.
 
 from __future__ import annotations
 
+import os
+
 from ray.tune.search.optuna import OptunaSearch
+
+from tuner.search.study import snapshot_study
 
 __all__ = ["TUNE_TRIAL_ATTR", "TrialRecordingSearch"]
 
@@ -17,7 +21,17 @@ TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
 class TrialRecordingSearch(OptunaSearch):
-    """OptunaSearch whose Optuna trials carry their Tune trial id (a user attribute)."""
+    """OptunaSearch whose Optuna trials carry their Tune trial id (a user attribute).
+
+    Args:
+        snapshot_study: with each save (each snapshot of Tune's), also write a copy of the
+            SQLite study into the snapshot's folder, which Tune uploads to the experiment
+            (:mod:`tuner.search.study`).
+    """
+
+    def __init__(self, *args, snapshot_study: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._snapshot_study = snapshot_study
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -25,3 +39,9 @@ class TrialRecordingSearch(OptunaSearch):
         if trial is not None and config is not None:
             trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
+
+    def save(self, checkpoint_path: str):
+        super().save(checkpoint_path)
+        if getattr(self, "_snapshot_study", False):
+            # The same moment as the searcher's own state: the study and Tune's snapshot agree.
+            snapshot_study(self._storage, os.path.dirname(checkpoint_path))

@@ -12,11 +12,13 @@ bf16 autocast with channels-last tensors.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
 import tempfile
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -342,7 +344,33 @@ def _write_heldout(directory, model, heldout, validated, device, precision) -> N
 
 
 def train_trial(config: dict) -> None:
-    """Ray Tune function trainable: one trial of the search."""
+    """Ray Tune function trainable: one trial of the search.
+
+    Trial worker processes are recycled (``reuse_actors``): whatever way the trial ends
+    (finished, stopped by the scheduler, failed), its model, optimizer, loaders (and their
+    worker processes) and CUDA cache are freed before the process takes the next trial.
+    """
+    try:
+        _train_trial(config)
+    except BaseException as exc:  # Tune stops a trial with SystemExit in its thread
+        # The traceback keeps the trial's frames, and so its model and optimizer, alive.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        release_trial_memory()
+
+
+def release_trial_memory() -> dict:
+    """Collect what a finished trial left and return the CUDA cache to the device; returns
+    the CUDA memory still allocated and reserved (bytes), 0 on CPU."""
+    gc.collect()
+    if not torch.cuda.is_available():
+        return {"allocated": 0, "reserved": 0}
+    torch.cuda.empty_cache()
+    return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
+
+
+def _train_trial(config: dict) -> None:
     from ray import tune
 
     entered_at = time.time()
