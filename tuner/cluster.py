@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from tuner.errors import UserError
 
-__all__ = ["connect", "use_given_token", "check_reachable", "check_gpus"]
+__all__ = ["connect", "use_given_token", "check_reachable", "check_gpus", "publish_node_types"]
 
 _TOKEN_HINT = (
     "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
@@ -166,3 +166,53 @@ def _autoscaler_gpu_groups() -> list[tuple[str, float, int]]:
         ]
     except Exception:  # no such record (an older Ray): treated as no GPU node type
         return []
+
+
+def publish_node_types(config: dict | str | os.PathLike, address: str | None = None) -> int:
+    """Record a Ray cluster launcher config's node types in the cluster's GCS; returns how
+    many worker node types it recorded.
+
+    Ray reads the autoscaler's node types from the GCS (``state.get_cluster_config``: Ray
+    Train, Ray Data, :func:`check_gpus`), but its cluster-launcher autoscaler does not
+    record them there. Without them a search for GPUs on a cluster that has no GPU worker
+    yet, only GPU node types to launch, looks like a search on a cluster without GPUs.
+    Run on the head after ``ray start`` (``infra/aws/cluster.yaml`` does).
+
+    Args:
+        config: the launcher's YAML (a path, or the loaded dict), ``~/ray_bootstrap_config.yaml``
+            on the head.
+        address: the cluster (default: ``RAY_ADDRESS`` or this process's connection).
+    """
+    import ray
+    import yaml
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    if not isinstance(config, dict):
+        path = os.path.expanduser(os.fspath(config))
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    head = config.get("head_node_type")
+    cluster = autoscaler_pb2.ClusterConfig()
+    workers = 0
+    for name, spec in config.get("available_node_types", {}).items():
+        group = cluster.node_group_configs.add()
+        group.name = name
+        for key, value in (spec.get("resources") or {}).items():
+            group.resources[key] = int(value)  # the GCS keeps whole units, as Ray does
+        if name == head:
+            group.min_count, group.max_count = 1, 1
+            continue
+        group.min_count = int(spec.get("min_workers", 0))
+        group.max_count = int(spec.get("max_workers", config.get("max_workers", 0)))
+        workers += 1
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR")
+    _internal_kv_put(
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY,
+        cluster.SerializeToString(),
+        overwrite=True,
+        namespace=GCS_AUTOSCALER_STATE_NAMESPACE,
+    )
+    return workers

