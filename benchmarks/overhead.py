@@ -135,6 +135,9 @@ def main() -> None:
 
     data = tile_dataset(patients=120, size=64)
     print(f"dataset: {data}")
+    import ray
+
+    ray.shutdown()  # prepare's local Ray (when the dataset was made now): each variant its own
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for reuse in (False, True):
