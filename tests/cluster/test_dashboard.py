@@ -12,16 +12,7 @@ import shutil
 import pytest
 
 from tests.cluster.conftest import SUBMITTED_JOB
-from tests.results.test_report import CHROMIUM
-
-ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.results.test_report import CHROMIUM, CHROMIUM_ARGS
 
 
 def _shot(page, path) -> None:
@@ -43,7 +34,7 @@ def test_the_ray_dashboard_in_a_browser_with_its_token(client, submitted, tmp_pa
     stack = client.stack
     token = (stack.directory / "auth_token").read_text().strip()
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)

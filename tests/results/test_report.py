@@ -15,6 +15,14 @@ from tuner.search.experiment import trial_results
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 MITCHELL = {
     "model_details",
     "intended_use",
@@ -41,14 +49,7 @@ def open_in_chromium(page_path, screenshot) -> dict:
     with sync_playwright() as driver:
         browser = driver.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",  # CI runs as root
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
