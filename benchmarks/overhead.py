@@ -9,7 +9,10 @@ A 16-trial search (small_vgg_bn on 64 px lesion-vs-tissue tiles, 2 trials at a t
   Shards are local, the equivalent of a warm node cache.
 - overhead share: 1 - (time spent inside trainables) / (search wall time x concurrency), so
   everything that is not a trial running its own code counts: worker start-up, scheduling,
-  result and checkpoint handling, idle slots.
+  result and checkpoint handling, idle slots. It is split by where the idle slot time went:
+  before the first trial (the first workers' start, once per search), between trials (the
+  per-trial cost), the drain (slots left free while the last trial finishes) and time
+  inside a trial outside the trainable.
 
 Each variant runs in its own Ray session: recycled worker processes (``reuse_actors``, the
 default since issue 14), and one process per trial (``--no-reuse-actors``). The driver's
@@ -55,7 +58,7 @@ def run(data: Path, trials: int, reuse: bool, root: Path) -> dict:
     from tuner.config import load_space
     from tuner.search.runner import plan_search, run_search
 
-    starts, results = {}, {}
+    starts, ends, results = {}, {}, {}
 
     class Timing(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -63,6 +66,12 @@ def run(data: Path, trials: int, reuse: bool, root: Path) -> dict:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             results.setdefault(trial.trial_id, []).append(result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ends[trial.trial_id] = time.time()  # finished, or stopped by ASHA
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            ends[trial.trial_id] = time.time()
 
     space_file = root / f"overhead-{reuse}.yaml"
     space_file.write_text(SPACE.format(trials=trials))
@@ -78,7 +87,8 @@ def run(data: Path, trials: int, reuse: bool, root: Path) -> dict:
         cpu_before = _cpu_seconds(control)
         started = time.time()
         run_search(plan, verbose=0, callbacks=[Timing()], reuse_actors=reuse)
-        wall = time.time() - started
+        finished = time.time()
+        wall = finished - started
         control_cpu = _cpu_seconds(control) - cpu_before
     finally:
         ray.shutdown()
@@ -89,15 +99,43 @@ def run(data: Path, trials: int, reuse: bool, root: Path) -> dict:
     ]
     busy = sum(rows[-1]["time_total_s"] for rows in results.values())
     epochs = sum(len(rows) for rows in results.values())
+    slots = plan.space.max_concurrent
+    parts = _idle_parts(started, finished, starts, ends, slots)
+    parts["in trials, outside the trainable"] = (
+        sum(ends.get(t, finished) - starts[t] for t in starts) - busy
+    )
     return {
         "wall": wall,
         "busy": busy,
-        "share": 1 - busy / (wall * plan.space.max_concurrent),
+        "share": 1 - busy / (wall * slots),
+        "parts": {name: seconds / (wall * slots) for name, seconds in parts.items()},
         "startup": startup,
         "epochs": epochs,
         "trials": len(results),
         "control_cpu": control_cpu,
     }
+
+
+def _idle_parts(started, finished, starts, ends, slots) -> dict[str, float]:
+    """Slot-seconds with no trial in them (driver clock), split into before the first trial
+    started, between trials while more were waiting, and the drain: after the last trial
+    started, the slots its companions left free (a fixed cost per search, not per trial)."""
+    events = sorted(
+        [(t, 1) for t in starts.values()] + [(ends.get(k, finished), -1) for k in starts]
+    )
+    last_start = max(starts.values())
+    parts = {"before the first trial": 0.0, "between trials": 0.0, "drain": 0.0}
+    running, at = 0, started
+    for when, change in [*events, (finished, 0)]:
+        idle = max(slots - running, 0) * (when - at)
+        if at < min(starts.values()):
+            parts["before the first trial"] += idle
+        elif at >= last_start:
+            parts["drain"] += idle
+        else:
+            parts["between trials"] += idle
+        running, at = running + change, when
+    return parts
 
 
 def _control_processes() -> list:
@@ -166,6 +204,12 @@ def main() -> None:
         print(
             f"{name}: the driver and Ray's own processes used {o['control_cpu']:.1f} CPU s "
             f"= {o['control_cpu'] / (o['wall'] * 2):.1%} of the 2 cores over the search"
+        )
+        parts = ", ".join(f"{part} {share:.1%}" for part, share in o["parts"].items())
+        print(f"{name}: overhead share by where the slot time went: {parts}")
+        print(
+            f"{name}: overhead share without the drain (the per-trial cost): "
+            f"{o['share'] - o['parts']['drain']:.1%}"
         )
 
 

@@ -171,8 +171,8 @@ def experiment(prepared, ray_local, tmp_path_factory) -> Path:
 
 # A real promotion of the session's tiny search, on a copy of its experiment (so that the
 # test ledger's looks are the promotion's own): 2 candidates x 2 folds x 2 seeds = 8 trials
-# of 2 epochs (about 2 minutes on 2 CPUs), shared by the promote and results tests.
-PROMOTE = ["--top", "2", "--folds", "2", "--seeds", "2", "--set", "epochs=2"]
+# of 1 epoch (about a minute on 2 CPUs), shared by the promote and results tests.
+PROMOTE = ["--top", "2", "--folds", "2", "--seeds", "2", "--set", "epochs=1"]
 PROMOTE += ["--resamples", "200"]
 
 

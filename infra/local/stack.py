@@ -474,9 +474,11 @@ class LocalStack:
     def node_ids(self, env: dict | None = None) -> dict[str, str]:
         """{"head": node id, "worker": node id} of the alive nodes, as the GCS sees them
         (asked from a separate driver process)."""
+        # The probe's own line is marked: a driver also prints the cluster's events (the
+        # autoscaler's "Resized to 1 CPUs.") to its stdout, before or after it.
         probe = (
-            "import json, ray; ray.init(logging_level='ERROR');"
-            "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() "
+            "import json, ray; ray.init(logging_level='ERROR', log_to_driver=False);"
+            "print('NODES', json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() "
             "if n['Alive']}))"
         )
         result = subprocess.run(
@@ -488,7 +490,8 @@ class LocalStack:
         )
         if result.returncode != 0:
             return {}
-        by_port = json.loads(result.stdout.strip().splitlines()[-1])
+        (line,) = [x for x in result.stdout.splitlines() if x.startswith("NODES ")]
+        by_port = json.loads(line.removeprefix("NODES "))
         ports = self.state["ports"]
         names = {str(ports[node]["node-manager-port"]): node for node in ("head", "worker")}
         return {names[port]: node_id for port, node_id in by_port.items() if port in names}

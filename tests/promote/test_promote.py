@@ -53,7 +53,7 @@ def test_candidates_are_cross_validated_by_patient_and_ranked(promoted, experime
     assert sorted((c["candidate"], c["fold"], c["seed"]) for c in cells) == sorted(
         (k, f, s) for k in (0, 1) for f in (0, 1) for s in seeds
     )
-    assert all(c["state"] == "TERMINATED" and c["epochs"] == 2 for c in cells)
+    assert all(c["state"] == "TERMINATED" and c["epochs"] == 1 for c in cells)
     assert promotion["folds"]["patients_in_two_folds"] == 0
 
     # Each held-out fold is that fold's patients, and the OOF predictions of a candidate

@@ -26,15 +26,15 @@ trials: 4
 max_concurrent: 1
 seed: 3
 sampler: {type: tpe, n_startup_trials: 2}
-scheduler: {type: asha, grace_period: 6}
-fixed: {epochs: 6, batch_size: 8, input_size: 48, backbone: small_vgg_bn}
+scheduler: {type: asha, grace_period: 4}
+fixed: {epochs: 4, batch_size: 16, input_size: 48, backbone: small_vgg_bn}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   lr: {type: log-float, low: 3.0e-4, high: 1.0e-3}
 """
 
 FS = fsspec.filesystem("file")
-EPOCHS = 6
+EPOCHS = 4
 
 
 def _results(experiment: Path) -> dict[str, int]:
@@ -51,7 +51,7 @@ def test_search_resumes_after_the_driver_is_killed(prepared, tmp_path, capsys):
     log = (tmp_path / "driver.log").open("w")
     # The state the kill waits for below is only seen once Tune's snapshot (and the trials'
     # result.json, synced with it) records it: a snapshot a second (Tune's documented
-    # setting), and trials whose epochs 2 to 6 span several snapshots, make sure it is.
+    # setting), and trials whose epochs 2 to 4 span several snapshots, make sure it is.
     env = os.environ | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
