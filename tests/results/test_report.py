@@ -148,3 +148,36 @@ def test_a_search_with_no_finished_trial_gets_a_report_that_says_so(experiment, 
 
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no mammotune experiment" in capsys.readouterr().err
+
+
+def test_a_bucket_experiments_study_is_read_from_its_snapshot_copy(experiment, bucket):
+    """A bucket experiment without --study (the search's database is gone with its cluster):
+    the report reads the copy Tune's snapshots put beside it, and leaves no temp copy."""
+    import glob
+    import tempfile
+
+    import fsspec
+    import optuna
+
+    from tuner.results.report import _study
+
+    meta = json.loads((experiment / "search.json").read_text())
+    original = optuna.load_study(study_name=meta["study"]["name"], storage=meta["study"]["storage"])
+    snapshot = experiment.parent / "snapshot.db"
+    optuna.copy_study(
+        from_study_name=original.study_name,
+        from_storage=meta["study"]["storage"],
+        to_storage=f"sqlite:///{snapshot}",
+    )
+    url = f"{bucket}/tiny"
+    fsspec.filesystem("s3").put(str(snapshot), f"{url}/optuna.db")
+    gone = {"storage": "sqlite:////nonexistent/head-node/optuna.db", "snapshot": "optuna.db"}
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "mammotune-study-*")))
+
+    study, why = _study({**meta, "study": {**meta["study"], **gone}}, url)
+
+    assert why is None and study is not None
+    assert [t.params for t in study.trials] == [t.params for t in original.trials]
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "mammotune-study-*"))) == before
+    study, why = _study({**meta, "study": {**meta["study"], **gone}}, f"{bucket}/elsewhere")
+    assert study is None and "not reachable" in why

@@ -234,22 +234,30 @@ def _study(meta: dict, experiment: str):
     reason = f"its database {study.get('storage')} is not reachable from here"
     candidates = [study.get("storage")]
     local = storage.join(experiment, "optuna.db")
-    if storage.is_local(experiment) and os.path.exists(local):
-        candidates.append(f"sqlite:///{local}")  # the experiment was moved with its study
-    elif study.get("snapshot") and storage.exists(storage.join(experiment, study["snapshot"])):
-        # a bucket experiment's study, as of the search's last snapshot: read from a copy
-        copy = os.path.join(tempfile.mkdtemp(prefix="mammotune-study-"), "optuna.db")
-        fs, path = storage.filesystem(storage.join(experiment, study["snapshot"]))
-        fs.get(path, copy)
-        candidates.insert(0, f"sqlite:///{copy}")
-    for url in [c for c in candidates if c]:
-        if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
-            continue
-        try:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            return optuna.load_study(study_name=study.get("name"), storage=url), None
-        except Exception as exc:  # a database we cannot open: say so in the report
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    with tempfile.TemporaryDirectory(prefix="mammotune-study-") as folder:
+        copy = f"sqlite:///{os.path.join(folder, 'optuna.db')}"
+        if storage.is_local(experiment) and os.path.exists(local):
+            candidates.append(f"sqlite:///{local}")  # the experiment was moved with its study
+        elif study.get("snapshot") and storage.exists(storage.join(experiment, study["snapshot"])):
+            # a bucket experiment's study, as of the search's last snapshot: read from a copy
+            fs, path = storage.filesystem(storage.join(experiment, study["snapshot"]))
+            fs.get(path, copy.removeprefix("sqlite:///"))
+            candidates.insert(0, copy)
+        for url in [c for c in candidates if c]:
+            if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+                continue
+            try:
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                if url != copy:
+                    return optuna.load_study(study_name=study.get("name"), storage=url), None
+                # The copy's folder goes when this returns: the study is read into memory.
+                memory = optuna.storages.InMemoryStorage()
+                optuna.copy_study(
+                    from_study_name=study.get("name"), from_storage=url, to_storage=memory
+                )
+                return optuna.load_study(study_name=study.get("name"), storage=memory), None
+            except Exception as exc:  # a database we cannot open: say so in the report
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return None, reason
 
 
