@@ -490,8 +490,10 @@ class LocalStack:
         )
         if result.returncode != 0:
             return {}
-        (line,) = [x for x in result.stdout.splitlines() if x.startswith("NODES ")]
-        by_port = json.loads(line.removeprefix("NODES "))
+        lines = [x for x in result.stdout.splitlines() if x.startswith("NODES ")]
+        if not lines:
+            return {}
+        by_port = json.loads(lines[-1].removeprefix("NODES "))
         ports = self.state["ports"]
         names = {str(ports[node]["node-manager-port"]): node for node in ("head", "worker")}
         return {names[port]: node_id for port, node_id in by_port.items() if port in names}
