@@ -123,12 +123,12 @@ def _idle_parts(started, finished, starts, ends, slots) -> dict[str, float]:
     events = sorted(
         [(t, 1) for t in starts.values()] + [(ends.get(k, finished), -1) for k in starts]
     )
-    last_start = max(starts.values())
+    first_start, last_start = min(starts.values()), max(starts.values())
     parts = {"before the first trial": 0.0, "between trials": 0.0, "drain": 0.0}
     running, at = 0, started
     for when, change in [*events, (finished, 0)]:
         idle = max(slots - running, 0) * (when - at)
-        if at < min(starts.values()):
+        if at < first_start:
             parts["before the first trial"] += idle
         elif at >= last_start:
             parts["drain"] += idle

@@ -150,7 +150,7 @@ def test_a_search_with_no_finished_trial_gets_a_report_that_says_so(experiment, 
     assert "no mammotune experiment" in capsys.readouterr().err
 
 
-def test_a_bucket_experiments_study_is_read_from_its_snapshot_copy(experiment, bucket):
+def test_a_bucket_experiments_study_is_read_from_its_snapshot_copy(experiment, bucket, tmp_path):
     """A bucket experiment without --study (the search's database is gone with its cluster):
     the report reads the copy Tune's snapshots put beside it, and leaves no temp copy."""
     import glob
@@ -163,7 +163,7 @@ def test_a_bucket_experiments_study_is_read_from_its_snapshot_copy(experiment, b
 
     meta = json.loads((experiment / "search.json").read_text())
     original = optuna.load_study(study_name=meta["study"]["name"], storage=meta["study"]["storage"])
-    snapshot = experiment.parent / "snapshot.db"
+    snapshot = tmp_path / "snapshot.db"
     optuna.copy_study(
         from_study_name=original.study_name,
         from_storage=meta["study"]["storage"],
