@@ -11,12 +11,15 @@ from tuner.data.synthetic import SynthParams, synthesize
 WORK = Path(__file__).resolve().parent / ".work"
 
 
-def full_size_source(patients: int, work: Path = WORK) -> Path:
-    """CBIS-DDSM-layout DICOMs at real resolution (~5000 x 3000, 16-bit)."""
-    out = work / f"cbis-full-{patients}"
-    summary = synthesize(str(out), SynthParams(patients=patients, seed=11, scale=1.0))
+def full_size_source(patients: int, work: Path = WORK, layout: str = "csv") -> Path:
+    """CBIS-DDSM-layout DICOMs at real resolution (~5000 x 3000, 16-bit), or with
+    ``layout="jpeg-edition"`` the same images as the community JPEG edition (8-bit)."""
+    out = work / (f"cbis-full-{patients}" + ("" if layout == "csv" else f"-{layout}"))
+    summary = synthesize(
+        str(out), SynthParams(patients=patients, seed=11, scale=1.0, layout=layout)
+    )
     if not summary.get("reused"):
-        print(f"made {summary['images']} full-size DICOM images in {summary['seconds']}s")
+        print(f"made {summary['images']} full-size {layout} images in {summary['seconds']}s")
     return out
 
 

@@ -7,6 +7,10 @@ at 224 and 299 px, whole images at 512 and 1024 px, Parquet encoding and writing
 start is not timed; its workers' start is.
 
     python benchmarks/prepare.py [--patients 160] [--repeats 1]
+    python benchmarks/prepare.py --editions [--patients 40]
+
+``--editions`` instead compares the two CBIS-DDSM editions of the same synthetic images on
+one core: 16-bit DICOM (csv layout) against the 8-bit JPEG edition, images/s and the ratio.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--editions", action="store_true", help="DICOM vs JPEG edition, 1 core")
     parser.add_argument(
         "--measure", nargs=3, metavar=("SOURCE", "OUT", "CPUS"), help=argparse.SUPPRESS
     )
@@ -57,6 +62,9 @@ def main() -> None:
 
     from _datasets import WORK, full_size_source
 
+    if args.editions:
+        compare_editions(args.patients, args.repeats, WORK, full_size_source)
+        return
     source = full_size_source(args.patients)
     results = {1: [], 2: []}
     for _ in range(args.repeats):
@@ -79,6 +87,34 @@ def main() -> None:
     speedup = one["seconds"] / two["seconds"]
     verdict = "met" if speedup >= 1.7 else "NOT met"
     print(f"speed-up 1 -> 2 cores: {speedup:.2f}x (goal >= 1.7x: {verdict})")
+
+
+def _run(source, out: str, cpus: int) -> dict:
+    child = subprocess.run(
+        [sys.executable, __file__, "--measure", str(source), out, str(cpus)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def compare_editions(patients: int, repeats: int, work: Path, full_size_source) -> None:
+    sources = {
+        layout: full_size_source(patients, layout=layout) for layout in ("csv", "jpeg-edition")
+    }
+    best = {}
+    for layout, source in sources.items():
+        runs = [_run(source, str(work / f"prepared-{layout}"), 1) for _ in range(repeats)]
+        best[layout] = min(runs, key=lambda r: r["seconds"])
+    print(f"prepare on 1 core, the same {best['csv']['images']} full-size images per edition")
+    print(f"{'edition':>13s} {'seconds':>8s} {'images/s':>9s} {'tiles':>6s}")
+    for layout, run in best.items():
+        name = "DICOM 16-bit" if layout == "csv" else "JPEG 8-bit"
+        rate = run["images"] / run["seconds"]
+        print(f"{name:>13s} {run['seconds']:8.1f} {rate:9.2f} {run['tiles']:6d}")
+    ratio = best["csv"]["seconds"] / best["jpeg-edition"]["seconds"]
+    print(f"JPEG edition / DICOM edition speed: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

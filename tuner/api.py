@@ -98,8 +98,8 @@ def synth(
     Args:
         out: a new folder or URL.
         format: "cbis-ddsm" (DICOM + the four CSVs) or "mini-mias" (PGM + Info.txt).
-        layout: CBIS-DDSM files where the CSVs' paths say ("csv") or where a TCIA download
-            puts them ("archive").
+        layout: CBIS-DDSM files where the CSVs' paths say ("csv"), where a TCIA download
+            puts them ("archive"), or as the community JPEG edition ("jpeg-edition").
         patients, seed, difficulty, scale: how many, which, how subtle (0-1), and the
             fraction of real CBIS-DDSM resolution.
         progress: called with ``(done, total)`` as images are written.
@@ -149,7 +149,8 @@ def prepare(
 
     Args:
         source: the download (or :func:`synth`'s result); its kind is recognised from its
-            files unless ``source_kind`` ("cbis-ddsm", "mini-mias") says.
+            files unless ``source_kind`` says: "cbis-ddsm" (the DICOM edition),
+            "cbis-ddsm-jpeg" (the JPEG edition), "mini-mias".
         out: a new folder or URL (local path, file://, s3://, memory://).
         views: "roi" and/or "whole".
         sizes, whole_sizes: ROI tile sides; whole-image long sides.
@@ -349,6 +350,7 @@ def evaluate(
     resamples: int = 1000,
     threshold: float | None = None,
     report: str | Path | None = None,
+    allow_mixed_editions: bool = False,
 ) -> Evaluation:
     """Metrics with patient-bootstrap intervals, a threshold table, per-breast figures and
     (with ``report``) plots, for one checkpoint, a promotion's final model, or the ensemble
@@ -367,10 +369,13 @@ def evaluate(
         threshold: the two-class operating threshold (default: a final model's own, fixed on
             out-of-fold predictions; else 0.5).
         report: a new folder for report.json, CSVs and PNGs.
+        allow_mixed_editions: evaluate a model trained on one CBIS-DDSM edition (16-bit
+            DICOM or 8-bit JPEG) on a dataset prepared from the other; refused otherwise.
 
     Raises:
         UserError: a missing argument, bad numbers, a target that is neither a checkpoint
-            nor an experiment, a report folder that is not empty.
+            nor an experiment, a report folder that is not empty, a dataset of the other
+            edition (without ``allow_mixed_editions``).
     """
     from tuner import storage
     from tuner.results.evaluate import Evaluation, write_report
@@ -410,6 +415,7 @@ def evaluate(
         target_recall=target_recall,
         resamples=resamples,
         threshold=threshold,
+        allow_mixed_editions=allow_mixed_editions,
     )
     written = write_report(result, str(report)) if report is not None else []
     return Evaluation.from_report(result, written)

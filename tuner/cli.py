@@ -69,7 +69,8 @@ def _synth(commands) -> None:
     p.add_argument(
         "--layout",
         default="csv",
-        help="CBIS-DDSM files: csv (the CSVs' paths) or archive (a download)",
+        help="CBIS-DDSM files: csv (the CSVs' paths), archive (a TCIA download) or "
+        "jpeg-edition (the community JPEG edition)",
     )
     p.add_argument(
         "--patients", type=int, default=200, help="patients (mini-MIAS: women, 2 images each)"
@@ -107,13 +108,16 @@ def _prepare(commands) -> None:
         "prepare", help="a CBIS-DDSM or mini-MIAS folder -> tile shards + manifest.json"
     )
     p.add_argument(
-        "source", help="folder or URL: CBIS-DDSM (CSVs + DICOM tree) or mini-MIAS (Info.txt + PGMs)"
+        "source",
+        help="folder or URL: CBIS-DDSM (CSVs + DICOM tree, or the JPEG edition's csv/ + jpeg/) "
+        "or mini-MIAS (Info.txt + PGMs)",
     )
     p.add_argument("out", help="dataset folder or URL (a local path, file://, s3://, memory://)")
     p.add_argument(
         "--source-kind",
         default=None,
-        help="cbis-ddsm or mini-mias (default: recognised from the files)",
+        help="cbis-ddsm (DICOM), cbis-ddsm-jpeg (JPEG edition) or mini-mias (default: "
+        "recognised from the files; a folder with both CBIS-DDSM editions must say)",
     )
     p.add_argument(
         "--views", type=_names, default=("roi",), help="roi and/or whole, e.g. roi,whole"
@@ -387,6 +391,11 @@ def _evaluate(commands) -> None:
         help="operating threshold (default: a final model's, from OOF; else 0.5)",
     )
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (patients)")
+    p.add_argument(
+        "--allow-mixed-editions",
+        action="store_true",
+        help="evaluate a model trained on one CBIS-DDSM edition (DICOM/JPEG) on the other's",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_evaluate)
 
@@ -403,6 +412,7 @@ def cmd_evaluate(args) -> None:
         resamples=args.resamples,
         threshold=args.threshold,
         report=args.report,
+        allow_mixed_editions=args.allow_mixed_editions,
     )
     _show(args, result, present.evaluation)
 

@@ -76,6 +76,9 @@ def dataset(console: Console, data: Dataset) -> None:
         console.print(f"{data.url} already holds this dataset (id {data.id}); nothing to do")
     else:
         console.print(f"prepared dataset {data.id} at {data.url} in {data.seconds}s")
+    if data.edition:
+        depth = f", {data.bit_depth}-bit" if data.bit_depth else ""
+        console.print(f"source: {data.source_kind} ({data.edition} edition{depth})")
     table = Table("tiles", "split", "rows", "pathology", "lesion / tissue", "patients")
     for kind in data.tiles:
         for split, rows in kind.rows.items():

@@ -54,6 +54,11 @@ def test_bad_items_are_skipped_with_reasons_and_the_rest_prepared(source, tmp_pa
     ds.PixelData = np.zeros((ds.Rows, ds.Columns), np.uint16).tobytes()
     ds.save_as(index[blank][0])
     Path(index[garbage][0]).write_bytes(b"this is not a DICOM file" * 100)
+    # A damaged PhotometricInterpretation: refused, never read as MONOCHROME2.
+    damaged = images[6]
+    ds = pydicom.dcmread(index[damaged][0])
+    ds.PhotometricInterpretation = "MONOCHROMEX"
+    ds.save_as(index[damaged][0])
 
     # A mask whose aspect ratio does not match its image (rescaling would misplace the ROI).
     finding = next(a for a in abnormalities if a.image_series == images[5])
@@ -73,14 +78,15 @@ def test_bad_items_are_skipped_with_reasons_and_the_rest_prepared(source, tmp_pa
     assert "unsupported pixel encoding" in reasons[unsupported]
     assert "no breast region found" in reasons[blank]
     assert "not a readable DICOM file" in reasons[garbage]
+    assert "unsupported PhotometricInterpretation 'MONOCHROMEX'" in reasons[damaged]
     assert (
         "does not match image"
         in reasons[finding.roi_series if finding.roi_series in reasons else images[5]]
     )
 
-    # Everything else was prepared: five whole images fewer than the clean run.
+    # Everything else was prepared: six whole images fewer than the clean run.
     rows = lambda m: sum(e["rows"] for e in m["tiles"]["whole-64"]["splits"].values())  # noqa: E731
-    assert rows(manifest) == rows(clean) - 5
+    assert rows(manifest) == rows(clean) - 6
 
 
 def test_a_csv_with_a_missing_column_is_one_clear_error(source, tmp_path):

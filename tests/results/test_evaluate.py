@@ -202,3 +202,31 @@ def test_predict_a_full_mammogram_with_its_roi_mask(experiment, synthetic_source
     # A box belongs to one mammogram: two files with one box is one line, exit 2.
     assert main(["predict", best, image, image, "--roi-box", "10,10,40,40"]) == 2
     assert "one mammogram" in capsys.readouterr().err
+
+
+def test_a_model_meets_another_editions_shards_only_when_asked(experiment, tmp_path, capsys):
+    """The session's models were trained on the DICOM edition (16-bit); the same patients'
+    JPEG edition (8-bit, windowed, lossy) is another input distribution: refused, before
+    any look at the test split is recorded, unless --allow-mixed-editions says so."""
+    from tests.conftest import SYNTH, prepare_params
+    from tuner.data.prepare import prepare
+    from tuner.data.synthetic import SynthParams, synthesize
+
+    source = tmp_path / "jpeg-edition"
+    synthesize(str(source), SynthParams(**{**SYNTH, "patients": 16}, layout="jpeg-edition"))
+    data = "memory://jpeg-edition-for-evaluate"
+    prepare(str(source), data, prepare_params(views=("roi",), sizes=(48,)))
+    ledger = experiment / "test_ledger.json"
+    before = ledger.read_text() if ledger.exists() else None
+
+    capsys.readouterr()
+    assert main(["evaluate", str(experiment), "--data", data]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained on the CBIS-DDSM dicom edition" in err and "jpeg edition" in err
+    assert "--allow-mixed-editions" in err and len(err.splitlines()) == 1
+    assert (ledger.read_text() if ledger.exists() else None) == before  # no look recorded
+
+    report = _evaluate(
+        capsys, str(experiment), "--data", data, "--split", "val", "--allow-mixed-editions"
+    )
+    assert report["per_image"]["rows"] > 0

@@ -111,6 +111,73 @@ def add_label_artifact(rng: np.random.Generator, image: np.ndarray, breast: np.n
     )
 
 
+SIDES = ("top", "bottom", "left", "right")
+
+
+def draw_border_strip(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    *,
+    side: str,
+    thickness: int,
+    start: int,
+    length: int,
+    inset: int = 0,
+    level: float = 0.96,
+) -> np.ndarray:
+    """Draw one bright strip along ``side`` of ``image`` in place (``thickness`` pixels deep,
+    ``inset`` pixels in from the edge, covering ``start`` to ``start + length`` along the
+    edge) at about ``level`` with slight noise; return its boolean mask."""
+    h, w = image.shape
+    along = w if side in ("top", "bottom") else h
+    start, stop = max(0, start), min(along, start + length)
+    mask = np.zeros((h, w), bool)
+    if side == "top":
+        mask[inset : inset + thickness, start:stop] = True
+    elif side == "bottom":
+        mask[max(0, h - inset - thickness) : h - inset, start:stop] = True
+    elif side == "left":
+        mask[start:stop, inset : inset + thickness] = True
+    elif side == "right":
+        mask[start:stop, max(0, w - inset - thickness) : w - inset] = True
+    else:
+        raise ValueError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
+    noise = 0.01 * rng.standard_normal(int(mask.sum())).astype(np.float32)
+    image[mask] = np.clip(level + noise, 0.9, 1.0)
+    return mask
+
+
+def add_border_strips(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Draw 0-3 bright strips along random sides of ``image`` in place, as on digitised film
+    (unexposed film edge, label tape): near-saturated, from 2 px to about 2% of the
+    perpendicular side thick, along all of a side or 20-100% of it, sometimes 1-2 px in from
+    the edge. Return the boolean mask of the strip pixels drawn."""
+    h, w = image.shape
+    mask = np.zeros((h, w), bool)
+    count = int(rng.integers(0, 4))
+    for index in rng.choice(len(SIDES), size=count, replace=False):
+        side = SIDES[int(index)]
+        along, across = (w, h) if side in ("top", "bottom") else (h, w)
+        thickness = int(rng.integers(2, max(2, round(0.02 * across)) + 1))
+        if rng.random() < 0.4:
+            start, length = 0, along
+        else:
+            length = max(1, int(along * rng.uniform(0.2, 1.0)))
+            start = int(rng.integers(0, along - length + 1))
+        inset = 0 if rng.random() < 0.7 else int(rng.integers(1, 3))
+        mask |= draw_border_strip(
+            rng,
+            image,
+            side=side,
+            thickness=thickness,
+            start=start,
+            length=length,
+            inset=inset,
+            level=float(rng.uniform(0.92, 0.99)),
+        )
+    return mask
+
+
 def _polar(size: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - (size - 1) / 2
     return np.hypot(xx, yy), np.arctan2(yy, xx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import posixpath
 import zlib
 from dataclasses import dataclass, field
 
@@ -124,6 +125,11 @@ def render(args: tuple) -> list[dict]:
         )
         if rng.random() < 0.7:
             _phantom.add_label_artifact(rng, image, breast)
+        # Film-edge strips from a generator of their own: the phantoms and lesions stay
+        # those of the same seed without them.
+        strips = np.random.default_rng([params.seed, case.index, zlib.crc32(view.encode())])
+        if strips.random() < 0.5:
+            _phantom.add_border_strips(strips, image)
         masks = []
         for finding in case.findings:
             shape_rng = np.random.default_rng(finding.shape_seed)  # same lesion in both views
@@ -151,8 +157,17 @@ def render(args: tuple) -> list[dict]:
             "ViewPosition": view,
         }
         listed_full = f"{series}/{study}/{_uid(params, series, 'series')}/000000.dcm"
-        full_path = _stored(params, listed_full, series, "full mammogram images")
-        _write(out, full_path, pixels, params, series, study, common, "full mammogram images")
+        jpeg = params.layout == "jpeg-edition"
+        if jpeg:
+            # The edition's JPEGs are 8-bit, windowed over each image's own range.
+            low, high = int(pixels.min()), int(pixels.max())
+            pixels = ((pixels.astype(np.float32) - low) * (255.0 / max(high - low, 1))).astype(
+                np.uint8
+            )
+            rows.append(_jpeg(out, params, listed_full, pixels, common, "full mammogram images"))
+        else:
+            full_path = _stored(params, listed_full, series, "full mammogram images")
+            _write(out, full_path, pixels, params, series, study, common, "full mammogram images")
 
         for finding, mask in zip(case.findings, masks, strict=True):
             roi = f"{series}_{finding.abnormality_id}"
@@ -175,6 +190,11 @@ def render(args: tuple) -> list[dict]:
                 (crop_name, crop, "cropped images"),
                 (mask_name, mask_pixels, "ROI mask images"),
             ):
+                if jpeg:
+                    rows.append(
+                        _jpeg(out, params, f"{folder}/{name}", data, roi_common, description)
+                    )
+                    continue
                 path = _stored(params, f"{folder}/{name}", roi, description)
                 _write(out, path, data, params, roi, roi_study, roi_common, description, roi_series)
             # ... and the CSV columns do not always point at the right one either.
@@ -195,6 +215,72 @@ def _stored(params, listed: str, series: str, description: str) -> str:
         f"CBIS-DDSM/{series}/07-21-2016-DDSM-NA-{number}/"
         f"1.000000-{description}-{number % 1000:03d}/1-1.dcm"
     )
+
+
+# The columns of the JPEG edition's dicom_info.csv (DICOM header fields of each image).
+DICOM_INFO_COLUMNS = [
+    "file_path",
+    "image_path",
+    "AccessionNumber",
+    "BitsAllocated",
+    "BitsStored",
+    "BodyPartExamined",
+    "Columns",
+    "HighBit",
+    "Laterality",
+    "Modality",
+    "PatientID",
+    "PatientName",
+    "PhotometricInterpretation",
+    "PixelRepresentation",
+    "Rows",
+    "SOPInstanceUID",
+    "SamplesPerPixel",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "StudyInstanceUID",
+]
+
+
+def _jpeg(out, params, listed: str, pixels: np.ndarray, common: dict, description: str) -> dict:
+    """Write one image of the JPEG edition (``jpeg/<series UID>/1-<n>.jpg``, lossy, 8-bit)
+    and return its dicom_info.csv row (flagged ``_dicom_info`` for :func:`finish`)."""
+    _, study, series_uid, name = listed.split("/")
+    # Crop and mask of one ROI share a folder: 1-<n>.jpg and 1-<n+1>.jpg, never one name.
+    number = zlib.crc32(posixpath.dirname(listed).encode()) % 300 + 1 + int(name[:6])
+    image_path = f"CBIS-DDSM/jpeg/{series_uid}/1-{number}.jpg"
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(pixels), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    storage.write_bytes(storage.join(out, image_path.removeprefix("CBIS-DDSM/")), data.tobytes())
+    sop = _uid(params, listed)
+    # As in the real file, some full mammograms' rows leave SeriesDescription blank.
+    blank = description == "full mammogram images" and zlib.crc32(listed.encode()) % 12 == 0
+    return {
+        "_dicom_info": {
+            "file_path": f"CBIS-DDSM/dicom/{sop}.dcm",
+            "image_path": image_path,
+            "AccessionNumber": "",
+            "BitsAllocated": 16 if description != "ROI mask images" else 8,
+            "BitsStored": 16 if description != "ROI mask images" else 8,
+            "BodyPartExamined": "BREAST",
+            "Columns": pixels.shape[1],
+            "HighBit": 15 if description != "ROI mask images" else 7,
+            "Laterality": common["ImageLaterality"],
+            "Modality": "MG",
+            "PatientID": common["PatientID"],
+            "PatientName": common["PatientName"],
+            "PhotometricInterpretation": "MONOCHROME2",
+            "PixelRepresentation": 0,
+            "Rows": pixels.shape[0],
+            "SOPInstanceUID": sop,
+            "SamplesPerPixel": 1,
+            "SeriesDescription": "" if blank else description,
+            "SeriesInstanceUID": series_uid,
+            "SeriesNumber": 1,
+            "StudyInstanceUID": study,
+        }
+    }
 
 
 def _write(out, relative, pixels, params, series, study, common, description, series_uid=None):
@@ -258,11 +344,19 @@ def _csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
 
 
 def finish(out: str, rows: list[dict]) -> dict:
-    """Write the four case-description CSVs; return counts for the summary."""
+    """Write the four case-description CSVs (and, for the JPEG edition, dicom_info.csv,
+    all in ``csv/``); return counts for the summary."""
+    infos = [r["_dicom_info"] for r in rows if "_dicom_info" in r]
+    rows = [r for r in rows if "_dicom_info" not in r]
+    folder = storage.join(out, "csv") if infos else out
+    if infos:
+        storage.write_bytes(
+            storage.join(folder, "dicom_info.csv"), _csv_bytes(DICOM_INFO_COLUMNS, infos)
+        )
     for (kind, split), name in CSV_FILES.items():
         selected = [r for r in rows if r["abnormality type"] == kind and _row_split(r) == split]
         columns = MASS_COLUMNS if kind == "mass" else CALC_COLUMNS
-        storage.write_bytes(storage.join(out, name), _csv_bytes(columns, selected))
+        storage.write_bytes(storage.join(folder, name), _csv_bytes(columns, selected))
     return {
         "images": len({r["image file path"] for r in rows}),
         "abnormalities": len(rows),

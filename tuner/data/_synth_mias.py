@@ -1,7 +1,8 @@
 """Synthetic mini-MIAS: 1024 x 1024 8-bit PGM mammograms (MLO views, pairs of breasts per
 woman) and ``Info.txt`` with the real quirks: centre y counted from the bottom, normal images
 without class data, several rows for one image, and abnormal rows without coordinates
-(``*NOTE 3*`` or none)."""
+(``*NOTE 3*`` or none). Like the real scans, many carry a burnt-in label and bright strips
+along the film's edges."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def render(args: tuple) -> list[str]:
             scale=SCALE,
         )
         masks.append(_phantom.place(rng, canvas, allowed_full, lesion, masks, finding["radius"]))
+    # Bright strips along the film's edges, as on many real scans, from a generator of their
+    # own: the phantom, its lesions and Info.txt stay those of the same seed without them.
+    strips = np.random.default_rng([params.seed, image.index, 1])
+    if strips.random() < 0.5:
+        _phantom.add_border_strips(strips, canvas)
     if image.index % 2 == 0:  # the right breast of the pair: chest wall on the right
         canvas = canvas[:, ::-1]
         masks = [m[:, ::-1] for m in masks]

@@ -36,6 +36,7 @@ __all__ = [
     "Abnormality",
     "CbisDdsmSource",
     "series_folder",
+    "series_uid",
     "is_mask",  # from tuner.data.preprocess, where prepare and predict share it
 ]
 
@@ -102,6 +103,11 @@ class Abnormality:
     image_series: str  # series folder of the full mammogram
     roi_series: str  # series folder(s) of the cropped image and ROI mask
     crop_series: str
+    # Series instance UIDs of the same (the CSV paths' third component): the JPEG edition's
+    # folder names, where a series folder name would not tell one series from another.
+    image_uid: str = ""
+    roi_uid: str = ""
+    crop_uid: str = ""
 
 
 def series_folder(path: str) -> str | None:
@@ -110,6 +116,34 @@ def series_folder(path: str) -> str | None:
         if _SERIES.match(part):
             return part
     return None
+
+
+def series_uid(path: str) -> str:
+    """The series instance UID in a case-description CSV path
+    (``<series folder>/<study UID>/<series UID>/00000N.dcm``), or "" when it has none."""
+    parts = path.strip().replace("\\", "/").split("/")
+    return parts[2] if len(parts) >= 4 else ""
+
+
+def find_case_csvs(root: str, files: list[str], near: str | None = None) -> dict[tuple, str]:
+    """The four case-description CSVs among ``files`` by (type, split), preferring those in
+    the folder ``near`` (the JPEG edition keeps them beside ``dicom_info.csv``).
+
+    Raises:
+        UserError: one of the four is missing.
+    """
+    by_name: dict[str, str] = {}
+    for path in sorted(files, key=lambda p: (posixpath.dirname(p) != near, p.count("/"), p)):
+        if path.endswith(".csv"):
+            by_name.setdefault(posixpath.basename(path), path)
+    missing = [name for name in CSV_FILES.values() if name not in by_name]
+    if missing:
+        raise UserError(
+            f"{root} is not a CBIS-DDSM folder: missing {', '.join(missing)} "
+            "(download the four case-description CSVs from TCIA next to the DICOM tree, or "
+            "unpack the JPEG edition with its csv/ folder)"
+        )
+    return {key: by_name[name] for key, name in CSV_FILES.items()}
 
 
 def _clean(frame: pd.DataFrame) -> pd.DataFrame:
@@ -128,6 +162,8 @@ class CbisDdsmSource:
     """
 
     kind = "cbis-ddsm"
+    collection = "CBIS-DDSM"
+    edition = "dicom"  # 16-bit DICOM as TCIA distributes it (~164 GB)
     default_context_px = 598  # Scuccimarra's tile at CBIS-DDSM's ~50 um/pixel
 
     def __init__(self, root: str, files: list[str] | None = None):
@@ -137,15 +173,11 @@ class CbisDdsmSource:
             self._folder.files,
             self._folder.path,
         )
-        by_name = {posixpath.basename(p): p for p in self._files if p.endswith(".csv")}
-        missing = [name for name in CSV_FILES.values() if name not in by_name]
-        if missing:
-            raise UserError(
-                f"{self.root} is not a CBIS-DDSM folder: missing {', '.join(missing)} "
-                "(download the four case-description CSVs from TCIA next to the DICOM tree)"
-            )
-        self._csv = {key: by_name[name] for key, name in CSV_FILES.items()}
+        self._csv = find_case_csvs(self.root, self._files, self._csv_folder())
         self._csv_bytes = {key: self._folder.read(path) for key, path in self._csv.items()}
+
+    def _csv_folder(self) -> str | None:
+        return None  # the DICOM edition's CSVs may be anywhere in the tree
 
     def fingerprint(self) -> str:
         """SHA-256 over the CSVs' bytes and the DICOM files' relative paths."""
@@ -188,20 +220,20 @@ class CbisDdsmSource:
         return dict(index)
 
     def images(self, *, val_fraction: float, test_fraction: float, seed: int):
-        """Every full mammogram with its findings and split.
+        """Every full mammogram with its findings and split. A finding whose ROI files are
+        missing still labels its image (a whole-image model needs only the mammogram and
+        the CSV row); prepare skips its ROI tiles alone, with the reason.
 
         Returns:
             (records, skipped inputs with reasons, split report).
 
         Raises:
-            UserError: the CSVs list nothing, or no DICOM file is found.
+            UserError: the CSVs list nothing, or no image file is found.
         """
         abnormalities = self.abnormalities()
         if not abnormalities:
             raise UserError(f"{self.root}: the case-description CSVs list no abnormalities")
-        index = self.dicom_index()
-        if not index:
-            raise UserError(f"{self.root}: no DICOM files under the CSVs' series folders")
+        index = self._image_index()
         split_of, report = assign_splits(
             ((a.patient_id, a.official_split, a.pathology == "MALIGNANT") for a in abnormalities),
             val_fraction=val_fraction,
@@ -210,37 +242,52 @@ class CbisDdsmSource:
         )
         images: dict[str, ImageRecord] = {}
         skipped: list[dict] = []
+        unusable: set[str] = set()  # full mammograms already skipped (one line each)
         for a in abnormalities:
-            files = index.get(a.image_series, [])
-            if not files:
-                skipped.append({"item": a.image_series, "reason": "full mammogram not found"})
+            if a.image_series in unusable:
                 continue
-            roi_files = sorted(set(index.get(a.roi_series, []) + index.get(a.crop_series, [])))
-            if not roi_files:
-                skipped.append({"item": a.roi_series, "reason": "ROI mask/crop files not found"})
-                continue
-            record = images.setdefault(
-                a.image_series,
-                ImageRecord(
+            if a.image_series not in images:
+                url, reason = self._full_image(a, index)
+                if url is None:
+                    skipped.append({"item": a.image_series, "reason": reason})
+                    unusable.add(a.image_series)
+                    continue
+                images[a.image_series] = ImageRecord(
                     image_id=a.image_series,
-                    url=files[0],
+                    url=url,
                     patient_id=a.patient_id,
                     split=split_of[a.patient_id],
                     laterality=a.laterality,
                     view=a.view,
                     breast_density=a.breast_density,
-                ),
-            )
-            record.findings.append(
+                )
+            images[a.image_series].findings.append(
                 Finding(
                     abnormality_id=a.abnormality_id,
                     abnormality_type=a.abnormality_type,
                     pathology=a.pathology,
-                    roi={"files": roi_files, "series": a.roi_series},
+                    roi={**self._roi_files(a, index), "series": a.roi_series},
                     subtlety=a.subtlety,
                 )
             )
         return list(images.values()), skipped, report
+
+    # Where the DICOM edition's files are: by series folder name, either layout.
+    def _image_index(self) -> dict[str, list[str]]:
+        index = self.dicom_index()
+        if not index:
+            hint = ""
+            if any(posixpath.basename(p) == "dicom_info.csv" for p in self._files):
+                hint = " (this is the JPEG edition: use --source-kind cbis-ddsm-jpeg)"
+            raise UserError(f"{self.root}: no DICOM files under the CSVs' series folders{hint}")
+        return index
+
+    def _full_image(self, a: Abnormality, index: dict) -> tuple[str | None, str]:
+        files = index.get(a.image_series, [])
+        return (files[0], "") if files else (None, "full mammogram not found")
+
+    def _roi_files(self, a: Abnormality, index: dict) -> dict:
+        return {"files": sorted(set(index.get(a.roi_series, []) + index.get(a.crop_series, [])))}
 
     @staticmethod
     def load_image(url: str) -> np.ndarray:
@@ -258,6 +305,8 @@ class CbisDdsmSource:
         Returns:
             (mask or None, note): the note says what was rescaled, or why there is no mask.
         """
+        if not roi.get("files"):
+            return None, "ROI mask/crop files not found"
         masks = []
         for url in roi["files"]:
             fs, path = storage.filesystem(url)
@@ -291,4 +340,7 @@ def _abnormality(name: str, kind: str, split: str, record: dict) -> Abnormality:
         image_series=series_folder(record["image file path"]) or "",
         roi_series=series_folder(record["ROI mask file path"]) or "",
         crop_series=series_folder(record["cropped image file path"]) or "",
+        image_uid=series_uid(record["image file path"]),
+        roi_uid=series_uid(record["ROI mask file path"]),
+        crop_uid=series_uid(record["cropped image file path"]),
     )

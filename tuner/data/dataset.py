@@ -35,7 +35,8 @@ class Dataset:
     Attributes:
         url: where it is (a folder or bucket URL).
         id: the dataset id (a hash of the source's fingerprint and the prepare params).
-        source_kind: cbis-ddsm or mini-mias (or a synthetic one of them).
+        source_kind: cbis-ddsm (the DICOM edition), cbis-ddsm-jpeg (the JPEG edition) or
+            mini-mias (or a synthetic one of them).
         params: how the tiles were made (views, sizes, enhancements, context, split).
         patients: patients per split.
         tiles: the kinds of tile it holds.
@@ -44,6 +45,9 @@ class Dataset:
         seconds: time prepare took (the run that wrote it).
         reused: True when ``prepare`` found this exact dataset there and did nothing.
         manifest: the whole manifest, as written.
+        edition: what the source's pixels were: "dicom", "jpeg" or "pgm".
+        bit_depth: the most bits a decoded source image spanned (8 for JPEG and PGM, up to
+            16 for CBIS-DDSM's DICOM); None for datasets made before it was recorded.
     """
 
     url: str
@@ -57,6 +61,8 @@ class Dataset:
     seconds: float | None
     reused: bool = False
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    edition: str = ""
+    bit_depth: int | None = None
 
     @classmethod
     def from_manifest(cls, url: str, manifest: dict, *, reused: bool = False) -> Dataset:
@@ -87,6 +93,8 @@ class Dataset:
             seconds=manifest.get("seconds"),
             reused=reused,
             manifest={k: v for k, v in manifest.items() if k != "reused"},
+            edition=manifest.get("source", {}).get("edition", ""),
+            bit_depth=manifest.get("source", {}).get("bit_depth"),
         )
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Decoding follows the DICOM pixel pipeline: stored values -> modality LUT (rescale slope and
 intercept, or a modality LUT sequence) -> VOI LUT or window when the file carries one ->
-MONOCHROME1 inverted, so the result is always "bright = dense". 8-, 12- and 16-bit data and
+MONOCHROME1 inverted, so the result is always "bright = dense"; any other (or a damaged)
+PhotometricInterpretation is refused, never read as MONOCHROME2. 8-, 12- and 16-bit data and
 the compressed transfer syntaxes of pydicom's installed plugins decode: RLE and JPEG 2000
 through pylibjpeg (-rle, -openjpeg), JPEG lossless and JPEG-LS through GDCM (python-gdcm;
 pylibjpeg's own JPEG plugin is GPL-licensed, so it is not a dependency). Anything else gives
@@ -28,7 +29,20 @@ from pydicom.uid import (
 
 from tuner.errors import UserError
 
-__all__ = ["read_dataset", "read_image", "decode", "write_image"]
+__all__ = ["PHOTOMETRIC", "read_dataset", "read_image", "decode", "write_image"]
+
+# The photometric interpretations decode handles (greyscale, and colour turned to luminance).
+PHOTOMETRIC = (
+    "MONOCHROME2",
+    "MONOCHROME1",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "PALETTE COLOR",
+)
 
 
 def _name(ds: Dataset | None, fallback: str = "DICOM file") -> str:
@@ -85,6 +99,13 @@ def decode(ds: Dataset, *, frame: int = 0, name: str | None = None) -> np.ndarra
     label = name or _name(ds)
     if "PixelData" not in ds:
         raise UserError(f"{label}: no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric and photometric not in PHOTOMETRIC:
+        # Never guessed: a damaged MONOCHROMEX read as MONOCHROME2 may be inverted.
+        raise UserError(
+            f"{label}: unsupported PhotometricInterpretation {photometric!r}; "
+            f"readable: {', '.join(PHOTOMETRIC)}"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is not None and syntax.is_compressed and not _decoder_available(syntax):
         raise UserError(

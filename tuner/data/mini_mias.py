@@ -88,6 +88,8 @@ class MiniMiasSource:
     """
 
     kind = "mini-mias"
+    collection = "mini-MIAS"
+    edition = "pgm"  # 8-bit PGM at 200 um/pixel
     # 598 px at CBIS-DDSM's ~50 um/pixel is ~30 mm; mini-MIAS has 200 um/pixel.
     default_context_px = 150
 

@@ -39,6 +39,7 @@ __all__ = [
     "PrepareParams",
     "PreparePlan",
     "tile_key",
+    "bit_depth",
     "plan_prepare",
     "run_prepare",
     "prepare",
@@ -172,12 +173,25 @@ def _tile_image(
     notes: list,
 ) -> None:
     """Every tile of one image, appended to ``rows[(view, enhance, size)]``: each one made
-    by :func:`preprocess.model_inputs`, the path predict takes too."""
+    by :func:`preprocess.model_inputs`, the path predict takes too.
+
+    Returns:
+        The bits the decoded image spans (see :func:`bit_depth`), None when skipped.
+    """
+    if "whole" not in params.views and not any(f.roi.get("files") for f in image.findings):
+        # ROI tiles only, and no finding has its ROI files: nothing to decode the image for.
+        for finding in image.findings:
+            reason = "ROI mask/crop files not found"
+            skipped.append({"item": f"{image.image_id}/{finding.abnormality_id}", "reason": reason})
+        return None
     try:
-        mammogram = preprocess.SourceImage(source.load_image(image.url))
+        decoded = source.load_image(image.url)
+        mammogram = preprocess.SourceImage(decoded)
     except UserError as exc:  # unreadable, or blank (no breast region)
         skipped.append({"item": image.image_id, "reason": str(exc)})
-        return
+        return None
+    bits = bit_depth(decoded)
+    del decoded
     rng = np.random.default_rng(zlib.crc32(f"{params.seed}/{image.image_id}".encode()))
 
     def tiles(box: preprocess.Box):
@@ -246,6 +260,16 @@ def _tile_image(
                         variant=0,
                     )
                 )
+    return bits
+
+
+def bit_depth(decoded: np.ndarray) -> int:
+    """The bits a decoded image spans: 8 for an 8-bit JPEG or PGM, 12 to 16 for the
+    16-bit DICOM edition (its values, not its container, so 12-bit data says 12)."""
+    if decoded.dtype.itemsize == 1:
+        return 8
+    low, high = float(decoded.min()), float(decoded.max())
+    return max(8, int(np.ceil(np.log2(high - low + 1))))
 
 
 def _keep_large_arrays_on_the_heap() -> None:
@@ -277,11 +301,13 @@ def _process_chunk(row: dict, *, kind: str, out: str, params_json: str) -> dict:
     chunk = json.loads(row["chunk"])
     source = source_class(kind)
     rows: dict[tuple, list[dict]] = defaultdict(list)
-    skipped, notes = [], []
+    skipped, notes, depths = [], [], []
     for data in chunk["images"]:
-        _tile_image(
+        bits = _tile_image(
             ImageRecord.from_dict(data), chunk["split"], params, source, rows, skipped, notes
         )
+        if bits is not None:
+            depths.append(bits)
     records = []
     for (view, mode, size), tiles in sorted(rows.items()):
         data = shards.encode(tiles)
@@ -307,7 +333,13 @@ def _process_chunk(row: dict, *, kind: str, out: str, params_json: str) -> dict:
                 "patients": sorted({t["patient_id"] for t in tiles}),
             }
         )
-    result = {"key": chunk["key"], "shards": records, "skipped": skipped, "notes": notes}
+    result = {
+        "key": chunk["key"],
+        "shards": records,
+        "skipped": skipped,
+        "notes": notes,
+        "bit_depth": max(depths, default=None),
+    }
     storage.write_json(storage.join(out, _WORK, chunk["key"] + ".json"), result)
     return {"key": chunk["key"]}
 
@@ -496,7 +528,15 @@ def _manifest(plan: PreparePlan, results: list[dict]) -> dict:
         "id": plan.dataset_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mammotune_version": tuner.__version__,
-        "source": {"kind": plan.kind, "url": plan.source, "fingerprint": plan.fingerprint},
+        "source": {
+            "kind": plan.kind,
+            # The edition and bit depth say what the pixels were before windowing: a model
+            # trained on one edition's shards is not evaluated on another's unless asked.
+            "edition": source_class(plan.kind).edition,
+            "bit_depth": max((r["bit_depth"] for r in results if r.get("bit_depth")), default=None),
+            "url": plan.source,
+            "fingerprint": plan.fingerprint,
+        },
         "params": plan.params.to_json(),
         "params_hash": hashlib.sha256(json.dumps(plan.params.to_json()).encode()).hexdigest()[:16],
         "splits": {s: {"patients": len(patients_by_split.get(s, ()))} for s in SPLITS},

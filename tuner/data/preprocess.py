@@ -1,8 +1,14 @@
 """Image preprocessing as published (see ``datasets/cbis_ddsm.md``).
 
-- Intensity: decoded values windowed to 8 bits between their 0.1st and 99.9th percentiles.
-- Breast region: Otsu threshold on a downsampled copy, largest connected component, holes
-  filled; everything outside it (background, burnt-in labels) is set to 0.
+- Intensity: decoded values windowed to 8 bits between their 0.1st and 99.9th percentiles
+  (of the pixels outside any border strip, below).
+- Breast region: bright strips along the image border (unexposed film edge, label tape on
+  digitised film: near-saturated, up to about 2% of the side thick, along all or part of a
+  side) are found first (:func:`border_strips`: short bright runs from an edge ending in a
+  sharp drop, of constant depth along the edge, so a pectoral muscle does not qualify) and
+  cut away, as they would otherwise join the breast where they touch it. Then Otsu threshold
+  on a downsampled copy, largest connected component, holes filled; everything outside it
+  (background, burnt-in labels, border strips) is set to 0.
 - Enhancement (optional): Gaussian filter (sigma 0.5) then histogram equalisation or CLAHE
   (Jaamour et al.: helps at large input sizes).
 - ROI tiles (Scuccimarra's "method 2"): a square tile of ``context_px`` centred on the ROI;
@@ -48,6 +54,7 @@ __all__ = [
     "is_mask",
     "fit_mask",
     "to_uint8",
+    "border_strips",
     "breast_mask",
     "enhance",
     "roi_box",
@@ -81,9 +88,16 @@ class Box:
     turns: int = 0
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Window a decoded mammogram to 8 bits between its 0.1st and 99.9th percentiles."""
-    sample = image[:: max(1, image.shape[0] // 512), :: max(1, image.shape[1] // 512)]
+def to_uint8(image: np.ndarray, *, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Window a decoded mammogram to 8 bits between its 0.1st and 99.9th percentiles (of
+    the pixels outside ``ignore``, a boolean mask, where given)."""
+    grid = (
+        slice(None, None, max(1, image.shape[0] // 512)),
+        slice(None, None, max(1, image.shape[1] // 512)),
+    )
+    sample = image[grid]
+    if ignore is not None and not ignore[grid].all():
+        sample = sample[~ignore[grid]]
     low, high = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
     scale = 255.0 / max(high - low, 1e-6)
     # One saturating pass in OpenCV (5x faster than NumPy's subtract, multiply, clip), on
@@ -92,6 +106,105 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         image = image.astype(np.float32)
     floor = cv2.max(image, low)
     return cv2.convertScaleAbs(floor, alpha=scale, beta=-low * scale)
+
+
+# Border strips (unexposed film edge, label tape on digitised film): near-saturated runs of
+# pixels from an image edge, at most STRIP_DEPTH of the perpendicular side deep, ending in a
+# drop of at least STRIP_DROP grey levels within 3 pixels, of about the same depth along at
+# least STRIP_LENGTH of the edge.
+STRIP_LEVEL = 216  # uint8, about 0.85 of full scale after windowing
+STRIP_DEPTH = 0.03
+STRIP_DROP = 30
+STRIP_LENGTH = 0.03
+STRIP_SPREAD = 12  # grey levels a strip's pixels stay within, about its median
+STRIP_MARGIN = 1  # pixels added inwards of a strip found (blur: JPEG, resampling)
+STRIP_MARGIN_ALONG = 2  # and at its ends
+
+
+def _edge_strip_depths(band: np.ndarray) -> np.ndarray:
+    """Per position along an edge, how deep (pixels from the edge, margin included) the
+    border strip reaches there, 0 where there is none. ``band`` holds the pixels near the
+    edge, row 0 on the edge and each column one line perpendicular to it."""
+    depth, length = band.shape
+    columns = np.arange(length)
+    # Averaged along the edge only: noise is evened out, the strip's inner edge stays sharp.
+    smooth = cv2.blur(band, (3, 1), borderType=cv2.BORDER_REPLICATE)
+    bright = smooth >= STRIP_LEVEL
+    head = bright[:4]  # a strip starts at the edge or up to 3 px in
+    start = np.argmax(head, axis=0)
+    after = ~bright & (np.arange(depth)[:, None] >= start)
+    end = np.argmax(after, axis=0)  # the first pixel past the bright run
+    level = smooth[(start + end) // 2, columns].astype(np.int16)
+    inner = smooth[np.maximum(start, end - 2), columns].astype(np.int16)
+    beyond = smooth[np.minimum(end + 1, depth - 1), columns].astype(np.int16)
+    found = (
+        head.any(axis=0) & after.any(axis=0) & (end <= depth - 3) & (inner - beyond >= STRIP_DROP)
+    )
+    if not found.any():
+        return np.zeros(length, np.int32)
+    # Runs of positions along the edge where the strip keeps about the same depth (a
+    # pectoral muscle's depth changes along the edge) over a good length (a calcification
+    # is short).
+    end = end.astype(np.int32)
+    jump = np.abs(np.diff(end, prepend=end[0])) > np.maximum(2, end // 5)
+    first = found & (~np.concatenate(([False], found[:-1])) | jump)
+    starts = np.flatnonzero(first)
+    counts = np.bincount(np.cumsum(first)[found], minlength=len(starts) + 1)[1:]
+    deepest = np.maximum.reduceat(np.where(found, end, 0), starts)
+    shallowest = np.minimum.reduceat(np.where(found, end, depth), starts)
+    shortest = max(8, int(STRIP_LENGTH * length))
+    keep = (counts >= shortest) & (deepest - shallowest <= np.maximum(3, 0.4 * deepest))
+    # A blurred inner edge: up to 2 pixels past the run still above half-way to what lies
+    # beyond the strip belong to it.
+    half = (level + beyond) // 2
+    run_end = end.copy()
+    for _ in range(2):
+        end += smooth[np.minimum(end, depth - 1), columns] > half
+    reach = np.zeros(length, np.int32)
+    for a, count, deep in zip(starts[keep], counts[keep], deepest[keep], strict=True):
+        b = a + count
+        reach[a:b] = end[a:b] + STRIP_MARGIN
+        # Along the edge the strip goes on where pixels as bright as it fill its depth but
+        # what lies beyond is about as bright (dense tissue): no drop there, the same strip.
+        top, bottom = int(np.median(start[a:b])), int(np.median(run_end[a:b]))
+        floor = np.median(level[a:b]) - STRIP_SPREAD
+        full = (smooth[top:bottom] >= floor).all(axis=0) & (bottom > top)
+        broken = np.flatnonzero(~full)
+        i, j = np.searchsorted(broken, a), np.searchsorted(broken, b)
+        lo = max(broken[i - 1] + 1 if i > 0 else 0, a - max(count, shortest))
+        hi = min(broken[j] if j < len(broken) else length, b + max(count, shortest))
+        for part in (slice(lo, a), slice(b, hi)):
+            reach[part] = np.maximum(reach[part], deep + STRIP_MARGIN)
+    # Widen along the edge (a blurred strip's ends).
+    padded = np.pad(reach, STRIP_MARGIN_ALONG)
+    return np.max([padded[k : k + length] for k in range(2 * STRIP_MARGIN_ALONG + 1)], axis=0)
+
+
+def border_strips(image: np.ndarray) -> np.ndarray:
+    """Bright strips along the edges of a uint8 mammogram (unexposed film edge, label tape):
+    near-saturated, thin (up to :data:`STRIP_DEPTH` of the perpendicular side), starting at
+    an edge and ending in a sharp drop, of about constant depth along a run of at least
+    :data:`STRIP_LENGTH` of the edge. A pectoral muscle (its depth changes along the edge)
+    or a calcification at the edge (too short) does not qualify.
+
+    Returns the boolean mask of their pixels, a couple of pixels added for blur.
+    """
+    h, w = image.shape
+    mask = np.zeros((h, w), bool)
+    for along, across, view in (
+        (w, h, lambda a, d: a[:d]),  # top: rows from the edge
+        (w, h, lambda a, d: a[::-1][:d]),  # bottom
+        (h, w, lambda a, d: a[:, :d].T),  # left
+        (h, w, lambda a, d: a[:, ::-1][:, :d].T),  # right
+    ):
+        depth = min(across, int(STRIP_DEPTH * across) + 6)
+        if depth < 6 or along < 8:
+            continue
+        reach = _edge_strip_depths(np.ascontiguousarray(view(image, depth)))
+        if reach.any():
+            band = view(mask, depth)
+            band |= np.arange(depth)[:, None] < reach
+    return mask
 
 
 def breast_mask(image: np.ndarray) -> np.ndarray:
@@ -295,9 +408,11 @@ def fit_mask(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[np.nd
 
 class SourceImage:
     """One decoded mammogram, ready to cut model inputs from: windowed to 8 bits
-    (:func:`to_uint8`), its breast found (:func:`breast_mask`) and everything outside the
-    breast (background, burnt-in labels) set to 0. Each enhancement is computed on first use
-    and kept, so an image cut into many tiles is enhanced once per mode.
+    (:func:`to_uint8`), bright strips along its border cut away (:func:`border_strips`; the
+    window then taken without them), its breast found (:func:`breast_mask`) and everything
+    outside the breast (background, burnt-in labels, border strips) set to 0. Each
+    enhancement is computed on first use and kept, so an image cut into many tiles is
+    enhanced once per mode.
 
     Args:
         decoded: the decoded pixels (bright = dense), of any integer or float type.
@@ -313,7 +428,14 @@ class SourceImage:
         if crop:
             breast = np.ones(pixels.shape, bool)
         else:
-            breast = breast_mask(pixels)
+            strips = border_strips(pixels)
+            if strips.any():
+                # Windowed again without the strips, so that they do not set the contrast.
+                pixels = to_uint8(decoded, ignore=strips)
+                pixels[strips] = 0
+                breast = breast_mask(pixels) & ~strips
+            else:
+                breast = breast_mask(pixels)
             if not breast.any():
                 raise UserError("no breast region found (blank image)")
             pixels = np.where(breast, pixels, 0).astype(np.uint8)

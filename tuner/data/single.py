@@ -4,11 +4,11 @@ exactly what it was trained on.
 
 DICOM goes through prepare's decoder; PNG, PGM, JPEG and TIFF through OpenCV (8- or 16-bit).
 ``whole``: the file is a mammogram, and the model sees the whole breast. ``roi``: the file is
-a mammogram and the finding is given as a mask file (CBIS-DDSM's ROI mask DICOM, or a PNG;
-fitted to the image as prepare fits masks) or a box, and the model sees prepare's centred
-tile around it; or, with neither, the file is taken to be the finding's crop (for example a
-radiologist's box): windowed, enhanced, cut as the square around the whole file and resized,
-with no breast region looked for.
+a mammogram and the finding is given as a mask file (CBIS-DDSM's ROI mask DICOM, a PNG, or
+the JPEG edition's lossy mask; fitted to the image as prepare fits masks) or a box, and the
+model sees prepare's centred tile around it; or, with neither, the file is taken to be the
+finding's crop (for example a radiologist's box): windowed, enhanced, cut as the square
+around the whole file and resized, with no breast region looked for.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from tuner.data import dicom, preprocess
+from tuner.data.cbis_ddsm_jpeg import is_jpeg_mask
 from tuner.data.preprocess import Box, Preprocessing, SourceImage
 from tuner.errors import UserError
 
@@ -56,6 +57,9 @@ def read_pixels(path: str | Path) -> np.ndarray:
 
 def _mask_from_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     pixels = read_pixels(path)
+    if not preprocess.is_mask(pixels) and is_jpeg_mask(pixels):
+        # A lossy mask (the CBIS-DDSM JPEG edition's): values near 0 and 255, not exactly.
+        pixels = ((pixels > 127) * 255).astype(np.uint8)
     if not preprocess.is_mask(pixels):
         raise UserError(
             f"{path} is not a ROI mask (it holds more than two values): give the finding's "

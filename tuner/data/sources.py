@@ -6,12 +6,13 @@ import posixpath
 
 from tuner import storage
 from tuner.data.cbis_ddsm import CSV_FILES, CbisDdsmSource
+from tuner.data.cbis_ddsm_jpeg import DICOM_INFO, CbisDdsmJpegSource
 from tuner.data.mini_mias import INFO, MiniMiasSource
 from tuner.errors import UserError, unknown_choice
 
-__all__ = ["SOURCES", "open_source", "source_class"]
+__all__ = ["SOURCES", "open_source", "source_class", "source_identity", "mixed_editions"]
 
-SOURCES = {cls.kind: cls for cls in (CbisDdsmSource, MiniMiasSource)}
+SOURCES = {cls.kind: cls for cls in (CbisDdsmSource, CbisDdsmJpegSource, MiniMiasSource)}
 
 
 def source_class(kind: str):
@@ -29,14 +30,57 @@ def open_source(root: str, kind: str | None = None):
     files = storage.Folder(root).files
     if kind is None:
         names = {posixpath.basename(p) for p in files}
+        jpeg_edition = DICOM_INFO in names
+        dicom_edition = names & set(CSV_FILES.values()) and any(
+            p.lower().endswith(".dcm") for p in files
+        )
         if INFO in names:
             kind = MiniMiasSource.kind
+        elif jpeg_edition and dicom_edition:
+            raise UserError(
+                f"{storage.normalize(root)} holds both CBIS-DDSM editions (DICOM files and "
+                f"the JPEG edition's {DICOM_INFO}): say which to read with --source-kind "
+                f"{CbisDdsmSource.kind} (16-bit DICOM) or --source-kind "
+                f"{CbisDdsmJpegSource.kind} (8-bit JPEG)"
+            )
+        elif jpeg_edition:
+            kind = CbisDdsmJpegSource.kind
         elif names & set(CSV_FILES.values()):
             kind = CbisDdsmSource.kind
         else:
             raise UserError(
                 f"{storage.normalize(root)} is neither a CBIS-DDSM folder (the four "
-                f"case-description CSVs next to the DICOM tree) nor a mini-MIAS folder "
-                f"({INFO} and mdbNNN.pgm files)"
+                f"case-description CSVs next to the DICOM tree, or the JPEG edition's csv/ "
+                f"and jpeg/ folders) nor a mini-MIAS folder ({INFO} and mdbNNN.pgm files)"
             )
     return source_class(kind)(root, files=files)
+
+
+def source_identity(manifest_source: dict) -> dict:
+    """What a prepared dataset's pixels came from: source kind, collection, edition and
+    bit depth (from its manifest's ``source``; older manifests lack the last two)."""
+    kind = manifest_source.get("kind", "")
+    cls = SOURCES.get(kind)
+    return {
+        "kind": kind,
+        "collection": getattr(cls, "collection", kind),
+        "edition": manifest_source.get("edition") or getattr(cls, "edition", ""),
+        "bit_depth": manifest_source.get("bit_depth"),
+    }
+
+
+def mixed_editions(trained: dict | None, data: dict | None) -> str | None:
+    """Why a model trained on one edition of a collection should not meet another's
+    shards (the two differ in bit depth and windowing), or None when they are one edition
+    or different collections (external validation is a choice of its own)."""
+    if not trained or not data:
+        return None
+    a, b = source_identity(trained), source_identity(data)
+    if a["collection"] != b["collection"] or a["edition"] == b["edition"]:
+        return None
+    depth = lambda s: f", {s['bit_depth']}-bit" if s["bit_depth"] else ""  # noqa: E731
+    return (
+        f"the model was trained on the {a['collection']} {a['edition']} edition "
+        f"({a['kind']}{depth(a)}) and these shards are from the {b['edition']} edition "
+        f"({b['kind']}{depth(b)})"
+    )

@@ -2,8 +2,9 @@
 
 They exist so that every stage can run, and be tested, on a machine with no network and no
 access to the real collections: ``cbis-ddsm`` writes DICOM files and the four CSVs with the
-real quirks (``layout="csv"`` or ``"archive"``, see ``_synth_cbis``); ``mini-mias`` writes
-PGM files and Info.txt (see ``_synth_mias``). Lesions carry the published radiological cues
+real quirks (``layout="csv"`` or ``"archive"``), or the community JPEG edition
+(``"jpeg-edition"``), see ``_synth_cbis``; ``mini-mias`` writes PGM files and Info.txt (see
+``_synth_mias``). Lesions carry the published radiological cues
 (``_phantom``), and ``difficulty`` says how subtle they are. Equal params give byte-identical
 files; writing them again into the same folder does nothing.
 """
@@ -26,7 +27,7 @@ __all__ = ["FORMATS", "LAYOUTS", "SynthParams", "synthesize"]
 
 MARKER = "synth.json"
 FORMATS = {"cbis-ddsm": _synth_cbis, "mini-mias": _synth_mias}
-LAYOUTS = ("csv", "archive")
+LAYOUTS = ("csv", "archive", "jpeg-edition")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class SynthParams:
     test_fraction: float = 0.2  # CBIS-DDSM: patients in the official test files
     malignant_fraction: float = 0.42
     format: str = "cbis-ddsm"
-    layout: str = "csv"  # CBIS-DDSM: "csv" (the CSVs' own paths) or "archive" (a download)
+    # CBIS-DDSM: "csv" (the CSVs' own paths), "archive" (a TCIA download) or "jpeg-edition"
+    layout: str = "csv"
 
     def validate(self) -> None:
         if self.format not in FORMATS:

@@ -20,6 +20,7 @@ import torch
 
 from tuner import storage
 from tuner.data import shards
+from tuner.data.sources import mixed_editions
 from tuner.data.stream import load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.errors import UserError
@@ -73,18 +74,32 @@ class Predictions:
 
 @torch.no_grad()
 def predict_split(
-    checkpoint: str, data: str, split: str = "test", *, batch_size: int = 64, tta: bool = False
+    checkpoint: str,
+    data: str,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    tta: bool = False,
+    allow_mixed_editions: bool = False,
 ) -> Predictions:
     """Probabilities of one checkpoint for every row of ``split`` that its task labels
     (with ``tta``, averaged over the four flips of each tile).
 
     Raises:
-        UserError: the dataset lacks the checkpoint's view/size/enhancement or the split.
+        UserError: the dataset lacks the checkpoint's view/size/enhancement or the split,
+            or comes from another edition of the collection the checkpoint was trained on
+            (8-bit JPEG vs 16-bit DICOM) and ``allow_mixed_editions`` is not set.
     """
     model, meta, _ = load_checkpoint(checkpoint)
     config = meta["config"]
     task = get_task(config["task"])
     manifest = load_manifest(data)
+    mixed = mixed_editions(meta.get("dataset", {}).get("source"), manifest.get("source"))
+    if mixed and not allow_mixed_editions:
+        raise UserError(
+            f"{data}: {mixed}; evaluate on a dataset prepared from the same edition, or "
+            "pass --allow-mixed-editions (allow_mixed_editions=True) to compare across them"
+        )
     entry = split_entry(
         manifest, config["view"], config["input_size"], split, config.get("enhance", "none")
     )
@@ -247,6 +262,7 @@ def evaluate(
     what: str = "evaluate",
     key: str | None = None,
     keep=None,
+    allow_mixed_editions: bool = False,
 ) -> dict:
     """Evaluate a checkpoint, the ensemble of several, or a promotion's final model, on
     ``split`` of ``data``. This is the one door to the test split: a look at it is recorded
@@ -259,6 +275,8 @@ def evaluate(
         key, keep: for a caller that keeps its own record of the look (a promotion): a key
             stored with the ledger's entry, and a function of the report whose result is
             stored with it, in the same write.
+        allow_mixed_editions: evaluate a model trained on one edition of a collection (the
+            CBIS-DDSM DICOM or JPEG edition) on the other's shards.
 
     Returns:
         A JSON-able report: per-image and per-breast metrics at the threshold with patient
@@ -273,7 +291,10 @@ def evaluate(
     if models is None:
         listed = [model] if isinstance(model, str) else list(model)
         models = open_model(listed[0]) if len(listed) == 1 else ModelSet("", listed)
-    members = [predict_split(c, data, split, tta=models.tta) for c in models.members]
+    members = [
+        predict_split(c, data, split, tta=models.tta, allow_mixed_editions=allow_mixed_editions)
+        for c in models.members
+    ]
     images = ensemble(members)
     images = Predictions(images.classes, images.rows, models.calibrate(images.probabilities))
     binary = len(images.classes) == 2

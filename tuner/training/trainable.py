@@ -508,6 +508,11 @@ def _train_trial(config: dict) -> None:
                 "id": manifest["id"],
                 "params_hash": manifest.get("params_hash"),
                 "params": manifest["params"],
+                # Which collection, edition and bit depth the pixels came from: evaluation
+                # on another edition's shards is refused unless asked for.
+                "source": {
+                    k: manifest.get("source", {}).get(k) for k in ("kind", "edition", "bit_depth")
+                },
             },
             "early_stopping": {"best_val_loss": best_loss, "stale_epochs": stale},
         }
