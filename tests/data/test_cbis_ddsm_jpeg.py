@@ -228,7 +228,8 @@ def test_a_folder_with_both_editions_must_say_which(editions, tmp_path):
 def test_lossy_masks_are_told_from_crops_and_thresholded(jpeg, tmp_path):
     """Where dicom_info.csv leaves the description blank, content tells a lossy mask from a
     crop; predict reads such a mask file the way prepare does."""
-    from tuner.data.cbis_ddsm_jpeg import decode_jpeg, is_jpeg_mask
+    from tuner.data.cbis_ddsm_jpeg import decode_jpeg
+    from tuner.data.preprocess import is_lossy_mask
     from tuner.data.single import _mask_from_file
 
     info = _info(jpeg)
@@ -237,7 +238,12 @@ def test_lossy_masks_are_told_from_crops_and_thresholded(jpeg, tmp_path):
     mask = decode_jpeg(_jpeg_of(jpeg, mask_row).read_bytes(), name="mask")
     crop = decode_jpeg(_jpeg_of(jpeg, crop_row).read_bytes(), name="crop")
     assert len(np.unique(mask)) > 2  # lossy: not exactly two values
-    assert is_jpeg_mask(mask) and not is_jpeg_mask(crop)
+    assert is_lossy_mask(mask) and not is_lossy_mask(crop)
+    # A calcification's mask may be a few pixels of a full mammogram: still a mask.
+    speck = np.zeros((3000, 2000), np.uint8)
+    speck[1501:1511, 999:1009] = 255
+    ok, data = cv2.imencode(".jpg", speck, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert is_lossy_mask(decode_jpeg(data.tobytes(), name="speck"))
     fitted = _mask_from_file(_jpeg_of(jpeg, mask_row), mask.shape)
     assert np.array_equal(fitted, mask > 127)
 

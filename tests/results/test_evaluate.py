@@ -222,7 +222,7 @@ def test_a_model_meets_another_editions_shards_only_when_asked(experiment, tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(experiment), "--data", data]) == 2
     err = capsys.readouterr().err.strip()
-    assert "trained on the CBIS-DDSM dicom edition" in err and "jpeg edition" in err
+    assert "trained on the CBIS-DDSM DICOM edition" in err and "from the JPEG edition" in err
     assert "--allow-mixed-editions" in err and len(err.splitlines()) == 1
     assert (ledger.read_text() if ledger.exists() else None) == before  # no look recorded
 

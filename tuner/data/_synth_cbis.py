@@ -185,20 +185,25 @@ def render(args: tuple) -> list[dict]:
             if rng.random() < 0.5:
                 crop_name, mask_name = mask_name, crop_name
             folder = f"{roi}/{roi_study}/{roi_series}"
+            # Most crops and masks share a series; some real ROIs (104 of 3,568) have two.
+            mask_series = roi_series
+            if zlib.crc32(roi.encode()) % 20 == 0:
+                mask_series = _uid(params, roi, "mask series")
+            mask_folder = f"{roi}/{roi_study}/{mask_series}"
             roi_common = {**common, "PatientID": roi, "PatientName": roi}  # as in the real files
-            for name, data, description in (
-                (crop_name, crop, "cropped images"),
-                (mask_name, mask_pixels, "ROI mask images"),
+            for where, name, data, description, uid in (
+                (folder, crop_name, crop, "cropped images", roi_series),
+                (mask_folder, mask_name, mask_pixels, "ROI mask images", mask_series),
             ):
                 if jpeg:
                     rows.append(
-                        _jpeg(out, params, f"{folder}/{name}", data, roi_common, description)
+                        _jpeg(out, params, f"{where}/{name}", data, roi_common, description)
                     )
                     continue
-                path = _stored(params, f"{folder}/{name}", roi, description)
-                _write(out, path, data, params, roi, roi_study, roi_common, description, roi_series)
+                path = _stored(params, f"{where}/{name}", roi, description)
+                _write(out, path, data, params, roi, roi_study, roi_common, description, uid)
             # ... and the CSV columns do not always point at the right one either.
-            listed_crop, listed_mask = f"{folder}/{crop_name}", f"{folder}/{mask_name}"
+            listed_crop, listed_mask = f"{folder}/{crop_name}", f"{mask_folder}/{mask_name}"
             if rng.random() < 0.1:
                 listed_crop, listed_mask = listed_mask, listed_crop
             rows.append(_csv_row(rng, case, view, finding, listed_full, listed_crop, listed_mask))

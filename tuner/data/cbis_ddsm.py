@@ -24,7 +24,7 @@ import pandas as pd
 from tuner import storage
 from tuner.data.dicom import read_image
 from tuner.data.preprocess import fit_mask, is_mask
-from tuner.data.records import Finding, ImageRecord
+from tuner.data.records import ROI_FILES_MISSING, Finding, ImageRecord
 from tuner.data.splits import assign_splits
 from tuner.errors import UserError
 
@@ -306,7 +306,7 @@ class CbisDdsmSource:
             (mask or None, note): the note says what was rescaled, or why there is no mask.
         """
         if not roi.get("files"):
-            return None, "ROI mask/crop files not found"
+            return None, ROI_FILES_MISSING
         masks = []
         for url in roi["files"]:
             fs, path = storage.filesystem(url)

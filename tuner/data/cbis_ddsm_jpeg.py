@@ -29,10 +29,11 @@ import pandas as pd
 
 from tuner import storage
 from tuner.data.cbis_ddsm import Abnormality, CbisDdsmSource
-from tuner.data.preprocess import fit_mask
+from tuner.data.preprocess import fit_mask, is_lossy_mask
+from tuner.data.records import ROI_FILES_MISSING
 from tuner.errors import UserError
 
-__all__ = ["DICOM_INFO", "DICOM_INFO_COLUMNS", "CbisDdsmJpegSource", "decode_jpeg", "is_jpeg_mask"]
+__all__ = ["DICOM_INFO", "DICOM_INFO_COLUMNS", "CbisDdsmJpegSource", "decode_jpeg"]
 
 DICOM_INFO = "dicom_info.csv"
 # The columns read; the real file has ~38 (DICOM header fields), which pass untouched.
@@ -50,7 +51,7 @@ def decode_jpeg(data: bytes, *, name: str) -> np.ndarray:
     """
     if not data.startswith(b"\xff\xd8"):
         raise UserError(f"{name}: not a JPEG file (no start-of-image marker)")
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if b"\xff\xd9" not in data[-64:]:  # a few bytes of padding may follow the marker
         raise UserError(f"{name}: truncated JPEG (no end-of-image marker)")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
@@ -59,14 +60,6 @@ def decode_jpeg(data: bytes, *, name: str) -> np.ndarray:
         code = cv2.COLOR_BGRA2GRAY if pixels.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         pixels = cv2.cvtColor(pixels, code)
     return pixels
-
-
-def is_jpeg_mask(pixels: np.ndarray) -> bool:
-    """A lossy ROI mask: nearly every pixel close to black or white, both present. (A
-    cropped ROI is greyscale tissue.)"""
-    sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
-    low, high = sample <= 40, sample >= 215
-    return bool(low.any() and high.any() and (low | high).mean() >= 0.97)
 
 
 class CbisDdsmJpegSource(CbisDdsmSource):
@@ -99,8 +92,9 @@ class CbisDdsmJpegSource(CbisDdsmSource):
         lacking = [c for c in DICOM_INFO_COLUMNS if c not in info.columns]
         if lacking:
             raise UserError(
-                f"{self._folder.url(self._info_path)}: missing column "
-                f"{', '.join(lacking)} (the JPEG edition's dicom_info.csv has "
+                f"{self._folder.url(self._info_path)}: missing column"
+                f"{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} (the JPEG edition's "
+                f"dicom_info.csv has "
                 f"{', '.join(DICOM_INFO_COLUMNS)} among others)"
             )
         self._info = info
@@ -134,6 +128,8 @@ class CbisDdsmJpegSource(CbisDdsmSource):
             uid = row["SeriesInstanceUID"].strip()
             tail = "/".join(row["image_path"].strip().replace("\\", "/").split("/")[-2:])
             path = on_disk.get(tail)
+            if not uid or (path is not None and path in found):
+                continue  # a row without a series, or one listed twice
             if path is not None:
                 found.add(path)
             index[uid].append(
@@ -203,14 +199,14 @@ class CbisDdsmJpegSource(CbisDdsmSource):
         fitted like a DICOM mask (:func:`tuner.data.preprocess.fit_mask`)."""
         files = roi.get("files", [])
         if not files:
-            return None, "ROI mask/crop files not found"
+            return None, ROI_FILES_MISSING
         descriptions = roi.get("descriptions") or [""] * len(files)
         masks = []
         for url, description in zip(files, descriptions, strict=True):
             if description == CROP:
                 continue
             pixels = decode_jpeg(storage.read_bytes(url), name=posixpath.basename(url))
-            if description == MASK or is_jpeg_mask(pixels):
+            if description == MASK or is_lossy_mask(pixels):
                 masks.append(((pixels > 127) * 255).astype(np.uint8))
         if not masks:
             return None, "no ROI mask among the finding's files"

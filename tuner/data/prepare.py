@@ -27,7 +27,7 @@ import numpy as np
 import tuner
 from tuner import storage
 from tuner.data import preprocess, shards
-from tuner.data.records import Finding, ImageRecord, worst_finding
+from tuner.data.records import ROI_FILES_MISSING, Finding, ImageRecord, worst_finding
 from tuner.data.sources import open_source, source_class
 from tuner.data.splits import SPLITS
 from tuner.errors import UserError, unknown_choice
@@ -46,6 +46,10 @@ __all__ = [
 ]
 
 FORMAT = "mammotune-dataset/2"
+# Bumped when prepare makes other pixels from the same source and params (2: bright border
+# strips cut from the breast crop; whole images of findings without ROI files): part of the
+# dataset id, so an old dataset or an interrupted old run is never taken for a new one.
+PREPROCESSING = 2
 MANIFEST = "manifest.json"
 VIEWS = preprocess.VIEWS
 _IN_PROGRESS = "_prepare.json"
@@ -171,7 +175,7 @@ def _tile_image(
     rows: dict,
     skipped: list,
     notes: list,
-) -> None:
+) -> int | None:
     """Every tile of one image, appended to ``rows[(view, enhance, size)]``: each one made
     by :func:`preprocess.model_inputs`, the path predict takes too.
 
@@ -181,8 +185,8 @@ def _tile_image(
     if "whole" not in params.views and not any(f.roi.get("files") for f in image.findings):
         # ROI tiles only, and no finding has its ROI files: nothing to decode the image for.
         for finding in image.findings:
-            reason = "ROI mask/crop files not found"
-            skipped.append({"item": f"{image.image_id}/{finding.abnormality_id}", "reason": reason})
+            label = f"{image.image_id}/{finding.abnormality_id}"
+            skipped.append({"item": label, "reason": ROI_FILES_MISSING})
         return None
     try:
         decoded = source.load_image(image.url)
@@ -393,7 +397,7 @@ def plan_prepare(
     )
     fingerprint = opened.fingerprint()
     dataset_id = hashlib.sha256(
-        json.dumps([FORMAT, opened.kind, fingerprint, params.to_json()]).encode()
+        json.dumps([FORMAT, PREPROCESSING, opened.kind, fingerprint, params.to_json()]).encode()
     ).hexdigest()[:16]
     return PreparePlan(
         source=opened.root,
@@ -525,6 +529,7 @@ def _manifest(plan: PreparePlan, results: list[dict]) -> dict:
             shared |= patients_by_split[a] & patients_by_split[b]
     return {
         "format": FORMAT,
+        "preprocessing": PREPROCESSING,
         "id": plan.dataset_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mammotune_version": tuner.__version__,

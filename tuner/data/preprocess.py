@@ -52,6 +52,7 @@ __all__ = [
     "Preprocessing",
     "model_inputs",
     "is_mask",
+    "is_lossy_mask",
     "fit_mask",
     "to_uint8",
     "border_strips",
@@ -371,6 +372,15 @@ def is_mask(pixels: np.ndarray) -> bool:
     """A ROI mask holds two values (background and ROI); a cropped image is greyscale."""
     step_y, step_x = max(1, pixels.shape[0] // 256), max(1, pixels.shape[1] // 256)
     return np.unique(pixels[::step_y, ::step_x]).size <= 2
+
+
+def is_lossy_mask(pixels: np.ndarray) -> bool:
+    """A ROI mask saved lossily (the CBIS-DDSM JPEG edition's): nearly every pixel close to
+    black or white, and both present (looked for in every pixel: a calcification's mask
+    may be a few pixels in a full mammogram). A cropped ROI is greyscale tissue."""
+    sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+    extreme = ((sample <= 40) | (sample >= 215)).mean() >= 0.97
+    return bool(extreme and (pixels <= 40).any() and (pixels >= 215).any())
 
 
 def fit_mask(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:

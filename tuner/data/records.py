@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["SEVERITY", "Finding", "ImageRecord", "worst_finding"]
+__all__ = ["SEVERITY", "ROI_FILES_MISSING", "Finding", "ImageRecord", "worst_finding"]
+
+# Why a finding has no ROI tiles when its crop and mask files are missing (its image is still
+# prepared whole): one wording for every source and for prepare.
+ROI_FILES_MISSING = "ROI mask/crop files not found"
 
 # Every pathology value, in the order used to label a whole image by its worst finding.
 SEVERITY = {"NORMAL": 0, "BENIGN_WITHOUT_CALLBACK": 1, "BENIGN": 2, "MALIGNANT": 3}

@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 
 from tuner.data import dicom, preprocess
-from tuner.data.cbis_ddsm_jpeg import is_jpeg_mask
 from tuner.data.preprocess import Box, Preprocessing, SourceImage
 from tuner.errors import UserError
 
@@ -57,7 +56,7 @@ def read_pixels(path: str | Path) -> np.ndarray:
 
 def _mask_from_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     pixels = read_pixels(path)
-    if not preprocess.is_mask(pixels) and is_jpeg_mask(pixels):
+    if not preprocess.is_mask(pixels) and preprocess.is_lossy_mask(pixels):
         # A lossy mask (the CBIS-DDSM JPEG edition's): values near 0 and 255, not exactly.
         pixels = ((pixels > 127) * 255).astype(np.uint8)
     if not preprocess.is_mask(pixels):

@@ -13,6 +13,7 @@ from tuner.errors import UserError, unknown_choice
 __all__ = ["SOURCES", "open_source", "source_class", "source_identity", "mixed_editions"]
 
 SOURCES = {cls.kind: cls for cls in (CbisDdsmSource, CbisDdsmJpegSource, MiniMiasSource)}
+EDITION_NAMES = {"dicom": "DICOM", "jpeg": "JPEG", "pgm": "PGM"}
 
 
 def source_class(kind: str):
@@ -79,8 +80,9 @@ def mixed_editions(trained: dict | None, data: dict | None) -> str | None:
     if a["collection"] != b["collection"] or a["edition"] == b["edition"]:
         return None
     depth = lambda s: f", {s['bit_depth']}-bit" if s["bit_depth"] else ""  # noqa: E731
+    name = lambda s: EDITION_NAMES.get(s["edition"], s["edition"])  # noqa: E731
     return (
-        f"the model was trained on the {a['collection']} {a['edition']} edition "
-        f"({a['kind']}{depth(a)}) and these shards are from the {b['edition']} edition "
+        f"the model was trained on the {a['collection']} {name(a)} edition "
+        f"({a['kind']}{depth(a)}) and these shards are from the {name(b)} edition "
         f"({b['kind']}{depth(b)})"
     )

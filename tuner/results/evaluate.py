@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from tuner.errors import UserError
 from tuner.models.classifier import class_probabilities
 from tuner.training.checkpoint import ModelSet, load_checkpoint, open_model
 from tuner.training.metrics import binary_metrics, classification_metrics
+
+logger = logging.getLogger("tuner")
 
 __all__ = [
     "Predictions",
@@ -94,7 +97,16 @@ def predict_split(
     config = meta["config"]
     task = get_task(config["task"])
     manifest = load_manifest(data)
-    mixed = mixed_editions(meta.get("dataset", {}).get("source"), manifest.get("source"))
+    trained = meta.get("dataset", {})
+    if "source" not in trained and trained.get("id") != manifest.get("id"):
+        logger.warning(
+            "warning: %s does not record which source edition it was trained on (made "
+            "before mammotune recorded it), so it cannot be checked against %s's (%s)",
+            checkpoint,
+            data,
+            manifest.get("source", {}).get("kind", "unknown"),
+        )
+    mixed = mixed_editions(trained.get("source"), manifest.get("source"))
     if mixed and not allow_mixed_editions:
         raise UserError(
             f"{data}: {mixed}; evaluate on a dataset prepared from the same edition, or "
