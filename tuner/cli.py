@@ -550,6 +550,11 @@ def _promote(commands) -> None:
         help="go on with an interrupted promotion (--id, or the newest)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument(
+        "--allow-mixed-editions",
+        action="store_true",
+        help="--data from the other CBIS-DDSM edition (DICOM/JPEG) than the search's",
+    )
     p.add_argument("--json", action="store_true", help="print promotion.json")
     p.set_defaults(run=cmd_promote)
 
@@ -574,6 +579,7 @@ def cmd_promote(args) -> None:
         max_failures=args.max_failures,
         resume=args.resume,
         address=args.address,
+        allow_mixed_editions=args.allow_mixed_editions,
         console=None if args.json else console,
         log=(errors if args.json else console).print,
     )

@@ -222,7 +222,8 @@ def test_a_model_meets_another_editions_shards_only_when_asked(experiment, tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(experiment), "--data", data]) == 2
     err = capsys.readouterr().err.strip()
-    assert "trained on the CBIS-DDSM DICOM edition" in err and "from the JPEG edition" in err
+    assert "trained on the CBIS-DDSM DICOM edition (cbis-ddsm, 16-bit)" in err
+    assert "from its JPEG edition (cbis-ddsm-jpeg, 8-bit)" in err
     assert "--allow-mixed-editions" in err and len(err.splitlines()) == 1
     assert (ledger.read_text() if ledger.exists() else None) == before  # no look recorded
 
@@ -230,3 +231,12 @@ def test_a_model_meets_another_editions_shards_only_when_asked(experiment, tmp_p
         capsys, str(experiment), "--data", data, "--split", "val", "--allow-mixed-editions"
     )
     assert report["per_image"]["rows"] > 0
+
+    # Configurations searched on one edition are not promoted on the other's unless asked.
+    promotions = lambda: sorted(p.name for p in (experiment / "promotions").glob("*"))  # noqa: E731
+    before = promotions()
+    assert main(["promote", str(experiment), "--data", data, "--top", "1", "--folds", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the search ran on the CBIS-DDSM DICOM edition" in err and "its JPEG edition" in err
+    assert "--allow-mixed-editions" in err and len(err.splitlines()) == 1
+    assert promotions() == before  # nothing written

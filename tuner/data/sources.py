@@ -70,19 +70,19 @@ def source_identity(manifest_source: dict) -> dict:
     }
 
 
-def mixed_editions(trained: dict | None, data: dict | None) -> str | None:
-    """Why a model trained on one edition of a collection should not meet another's
-    shards (the two differ in bit depth and windowing), or None when they are one edition
-    or different collections (external validation is a choice of its own)."""
-    if not trained or not data:
+def mixed_editions(first: dict | None, second: dict | None) -> tuple[str, str] | None:
+    """Whether two manifests' ``source`` are different editions of one collection (their
+    pixels differ in bit depth and windowing): None when they are one edition or different
+    collections (external validation is a choice of its own), else how to name each, e.g.
+    ("the CBIS-DDSM DICOM edition (cbis-ddsm, 16-bit)", "its JPEG edition (...)")."""
+    if not first or not second:
         return None
-    a, b = source_identity(trained), source_identity(data)
+    a, b = source_identity(first), source_identity(second)
     if a["collection"] != b["collection"] or a["edition"] == b["edition"]:
         return None
-    depth = lambda s: f", {s['bit_depth']}-bit" if s["bit_depth"] else ""  # noqa: E731
-    name = lambda s: EDITION_NAMES.get(s["edition"], s["edition"])  # noqa: E731
-    return (
-        f"the model was trained on the {a['collection']} {name(a)} edition "
-        f"({a['kind']}{depth(a)}) and these shards are from the {name(b)} edition "
-        f"({b['kind']}{depth(b)})"
-    )
+
+    def name(s: dict) -> str:
+        depth = f", {s['bit_depth']}-bit" if s["bit_depth"] else ""
+        return f"{EDITION_NAMES.get(s['edition'], s['edition'])} edition ({s['kind']}{depth})"
+
+    return f"the {a['collection']} {name(a)}", f"its {name(b)}"

@@ -27,6 +27,7 @@ import numpy as np
 
 import tuner
 from tuner import storage
+from tuner.data.sources import mixed_editions
 from tuner.data.stream import load_manifest, split_entry
 from tuner.data.tasks import get_task
 from tuner.errors import UserError
@@ -130,6 +131,7 @@ def plan_promotion(
     promotion_id: str | None = None,
     seed: int = 0,
     resamples: int = 1000,
+    allow_mixed_editions: bool = False,
 ) -> dict:
     """Check everything a promotion needs and plan it; nothing is written.
 
@@ -139,7 +141,8 @@ def plan_promotion(
     Raises:
         UserError: fewer finished trials than ``top``, more folds than the rarest class's
             patients, a dataset without train+val for a candidate, a promotion id that
-            exists, or a bad setting.
+            exists, a dataset from another edition than the search's (unless
+            ``allow_mixed_editions``), or a bad setting.
     """
     from tuner.results.leaderboard import experiment_file
 
@@ -167,6 +170,16 @@ def plan_promotion(
     overrides = _checked_overrides(overrides, candidates)
     data = storage.normalize(data or meta["data"])
     manifest = load_manifest(data)
+    if data != storage.normalize(meta["data"]) and not allow_mixed_editions:
+        # Configurations chosen on one edition's pixels, trained and tested on the other's.
+        searched = load_manifest(meta["data"])
+        mixed = mixed_editions(searched.get("source"), manifest.get("source"))
+        if mixed:
+            raise UserError(
+                f"{data}: the search ran on {mixed[0]} and this dataset is from {mixed[1]}; "
+                "promote on a dataset of the search's edition, or pass "
+                "--allow-mixed-editions (allow_mixed_editions=True)"
+            )
     space = meta["space"]
     task = get_task(space["task"])
     kinds = []

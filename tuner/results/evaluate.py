@@ -109,8 +109,9 @@ def predict_split(
     mixed = mixed_editions(trained.get("source"), manifest.get("source"))
     if mixed and not allow_mixed_editions:
         raise UserError(
-            f"{data}: {mixed}; evaluate on a dataset prepared from the same edition, or "
-            "pass --allow-mixed-editions (allow_mixed_editions=True) to compare across them"
+            f"{data}: the model was trained on {mixed[0]} and these shards are from "
+            f"{mixed[1]}; evaluate on a dataset prepared from the same edition, or pass "
+            "--allow-mixed-editions (allow_mixed_editions=True) to compare across them"
         )
     entry = split_entry(
         manifest, config["view"], config["input_size"], split, config.get("enhance", "none")

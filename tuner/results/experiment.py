@@ -164,6 +164,7 @@ class Experiment:
         max_failures: int = 1,
         resume: bool = False,
         address: str | None = None,
+        allow_mixed_editions: bool = False,
         console=None,
         log: Callable[[str], None] | None = None,
     ):
@@ -188,11 +189,14 @@ class Experiment:
             resume: go on with the interrupted promotion ``promotion_id`` (default: the
                 newest unfinished one); the other settings are its own.
             address: a Ray cluster (default: RAY_ADDRESS, else a local Ray).
+            allow_mixed_editions: promote on ``data`` from the other edition of the
+                search's collection (the CBIS-DDSM DICOM or JPEG edition).
 
         Raises:
             UserError: fewer finished trials than ``top``, more folds than the rarest
-                class's patients, a dataset without train+val, a promotion id that exists;
-                nothing is written.
+                class's patients, a dataset without train+val, a promotion id that exists,
+                ``data`` from another edition than the search's (without
+                ``allow_mixed_editions``); nothing is written.
         """
         import os
 
@@ -220,6 +224,7 @@ class Experiment:
                 promotion_id=promotion_id,
                 seed=seed,
                 resamples=resamples,
+                allow_mixed_editions=allow_mixed_editions,
             )
             dashboard = connect(address)
             check_gpus(plan["resources"]["gpu"], address)
