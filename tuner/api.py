@@ -91,6 +91,7 @@ def synth(
     seed: int = 0,
     difficulty: float = 0.5,
     scale: float = 0.25,
+    one_view_fraction: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Synthetic:
     """Write a synthetic dataset in the layout of a real download (``mammotune synth``).
@@ -102,6 +103,8 @@ def synth(
             puts them ("archive"), or as the community JPEG edition ("jpeg-edition").
         patients, seed, difficulty, scale: how many, which, how subtle (0-1), and the
             fraction of real CBIS-DDSM resolution.
+        one_view_fraction: CBIS-DDSM: the fraction of findings of two-view breasts seen in
+            one view only (occult in the other, still listed for both), for two-view models.
         progress: called with ``(done, total)`` as images are written.
 
     Returns:
@@ -119,6 +122,7 @@ def synth(
         seed=seed,
         difficulty=difficulty,
         scale=scale,
+        one_view_fraction=one_view_fraction,
         format=format,
         layout=layout,
     )

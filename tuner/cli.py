@@ -80,6 +80,12 @@ def _synth(commands) -> None:
     p.add_argument(
         "--scale", type=float, default=0.25, help="CBIS-DDSM: fraction of real resolution"
     )
+    p.add_argument(
+        "--one-view-fraction",
+        type=float,
+        default=0.0,
+        help="CBIS-DDSM: fraction of findings seen in one view only (occult in the other)",
+    )
     p.set_defaults(run=cmd_synth)
 
 
@@ -98,6 +104,7 @@ def cmd_synth(args) -> None:
             seed=args.seed,
             difficulty=args.difficulty,
             scale=args.scale,
+            one_view_fraction=args.one_view_fraction,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     present.synthetic(console, result)

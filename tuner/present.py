@@ -34,7 +34,7 @@ __all__ = [
 
 # The five published dimensions (and enhancement) are the leaderboard's columns; any other
 # searched setting is in the best config below the table and in --json.
-_COLUMNS = ("backbone", "class_weight", "dropout", "input_size", "transfer", "enhance")
+_COLUMNS = ("backbone", "class_weight", "dropout", "input_size", "transfer", "enhance", "fusion")
 
 
 def consoles() -> tuple[Console, Console]:
@@ -98,6 +98,9 @@ def dataset(console: Console, data: Dataset) -> None:
             console.print(f"  {item['item']}: {item['reason']}", soft_wrap=True)
 
 
+_DEFAULTS = {"fusion": "single"}  # trials from before the setting existed
+
+
 def leaderboard(console: Console, board: Leaderboard) -> None:
     metric = board.metric
     columns = [d for d in board.dimensions if d in _COLUMNS]
@@ -123,7 +126,7 @@ def leaderboard(console: Console, board: Leaderboard) -> None:
             trial.trial_id,
             trial.status,
             str(trial.epochs),
-            *(short(trial.config.get(d)) for d in columns),
+            *(short(trial.config.get(d, _DEFAULTS.get(d))) for d in columns),
             short(trial.value),
             *(marks if board.multi_objective else []),
             short(trial.metrics.get("val_accuracy")),
@@ -255,15 +258,18 @@ def promotion(console: Console, result: Promotion) -> None:
     test = result.test
     if test:
         look = test.get("test_look") or {}
-        m, ci = test["per_image"]["metrics"], test["per_image"]["intervals_95"]
+        # A two-view model scores breasts: its own level is the one to show.
+        level = "per_breast" if "two_view" in (test.get("fusion") or "") else "per_image"
+        unit = "breasts" if level == "per_breast" else "images"
+        m, ci = test[level]["metrics"], test[level]["intervals_95"]
         parts = [
             f"{name} {short(m[name])} [{short(ci[name][0])}, {short(ci[name][1])}]"
             for name in ("roc_auc", "recall", "specificity")
             if name in m
         ]
         console.print(
-            f"test (look {look.get('look', '?')}, {test['per_image']['rows']} images, "
-            f"{test['per_image']['patients']} patients): {', '.join(parts)}",
+            f"test (look {look.get('look', '?')}, {test[level]['rows']} {unit}, "
+            f"{test[level]['patients']} patients): {', '.join(parts)}",
             soft_wrap=True,
         )
         _flagged(console, "test", test["subgroups"])
@@ -285,7 +291,15 @@ def evaluation(console: Console, result: Evaluation) -> None:
         kind = f"final model ({count} members)"
     at = f"; threshold {result.threshold:.3f}" if result.threshold is not None else ""
     console.print(f"{kind} on {result.split} of {result.data}: {result.rows} rows{at}")
-    for name in ("per_image", "per_breast"):
+    levels = ("per_image", "per_breast")
+    if "two_view" in result.report.get("fusion", ""):
+        # The model scores breasts: its own level first; image rows carry their breast's.
+        levels = ("per_breast", "per_image")
+        console.print(
+            "two-view model: scored per breast (CC + MLO); each image row carries its "
+            "breast's probability"
+        )
+    for name in levels:
         level = getattr(result, name)
         if level is None:
             continue

@@ -143,6 +143,7 @@ def test_predict_reads_png_and_dicom_with_the_checkpoint_preprocessing(
         "enhance": "none",
         "context_px": 150,
         "resized_from": [],
+        "views": 1,
     }
     first, second = result["predictions"]
     assert set(first["probabilities"]) == {"tissue", "lesion"}

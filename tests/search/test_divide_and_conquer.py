@@ -90,5 +90,7 @@ def test_divide_and_conquer_at_reduced_scale(synthetic_source, ray_local, tmp_pa
         meta = read_meta(trial["checkpoint"])
         assert meta["model_args"]["stem_blocks"] == (1 if config["input_size"] == 96 else 0)
         assert meta["config"]["view"] == "whole"
+        # single or two-view (the CC and MLO of one breast through one backbone)
+        assert meta["model_args"]["fusion"] == config["fusion"] in ("single", "two_view")
     assert main(["evaluate", str(experiment), "--data", str(data), "--resamples", "100"]) == 0
     assert "per_breast" in capsys.readouterr().out

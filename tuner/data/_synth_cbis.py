@@ -133,6 +133,14 @@ def render(args: tuple) -> list[dict]:
         masks = []
         for finding in case.findings:
             shape_rng = np.random.default_rng(finding.shape_seed)  # same lesion in both views
+            # A lesion occult in one view is placed (its mask written) but not drawn; its own
+            # generator keeps every other draw as it was.
+            occult = np.random.default_rng([finding.shape_seed, 1])
+            hidden = (
+                len(case.views) == 2
+                and occult.random() < params.one_view_fraction
+                and view == case.views[int(occult.integers(2))]
+            )
             lesion = _phantom.render_lesion(
                 shape_rng,
                 kind=finding.kind,
@@ -141,7 +149,8 @@ def render(args: tuple) -> list[dict]:
                 difficulty=params.difficulty,
                 scale=params.scale,
             )
-            masks.append(_phantom.place(rng, image, allowed, lesion, masks, finding.radius))
+            target = image.copy() if hidden else image
+            masks.append(_phantom.place(rng, target, allowed, lesion, masks, finding.radius))
 
         if case.laterality == "RIGHT":  # chest wall on the right edge
             image = image[:, ::-1]

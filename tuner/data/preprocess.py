@@ -507,7 +507,8 @@ class Preprocessing:
     ``context_px`` is the prepared dataset's ROI tile side in source pixels (the tile around
     a small ROI). ``resized_from`` lists, largest first, the larger whole-image sizes the
     dataset was prepared with: each whole size is resized from the one above it, so predict
-    must take the same steps to give the same pixels.
+    must take the same steps to give the same pixels. ``views`` is 2 for a two-view model
+    (the CC and MLO whole images of one breast, stacked as its input's two channels).
     """
 
     view: str
@@ -515,6 +516,7 @@ class Preprocessing:
     enhance: str = "none"
     context_px: int | None = None
     resized_from: tuple[int, ...] = ()
+    views: int = 1
 
     def __post_init__(self):
         if self.view not in VIEWS:
@@ -550,6 +552,7 @@ class Preprocessing:
             enhance=config.get("enhance", "none"),
             context_px=params.get("context_px"),
             resized_from=tuple(sorted(larger, reverse=True)) if view == "whole" else (),
+            views=2 if config.get("fusion", "single") == "two_view" else 1,
         )
 
     def to_json(self) -> dict:
@@ -560,4 +563,5 @@ class Preprocessing:
             "enhance": self.enhance,
             "context_px": self.context_px,
             "resized_from": list(self.resized_from),
+            "views": self.views,
         }

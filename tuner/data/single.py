@@ -13,6 +13,7 @@ around the whole file and resized, with no breast region looked for.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tuner.data import dicom, preprocess
 from tuner.data.preprocess import Box, Preprocessing, SourceImage
 from tuner.errors import UserError
 
-__all__ = ["read_pixels", "model_input"]
+__all__ = ["read_pixels", "model_input", "breast_views"]
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
@@ -143,3 +144,58 @@ def model_input(
     return preprocess.model_inputs(
         image, view="roi", enhance=mode, sizes=preprocessing.sizes, box=box
     )[size]
+
+
+# CBIS-DDSM keeps its own key in PatientID: <Mass|Calc>-<Training|Test>_P_00001_LEFT_CC.
+_CBIS_KEY = re.compile(r"^(?:Mass|Calc)-(?:Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(?:_\d+)?$")
+_SIDES = {"L": "LEFT", "R": "RIGHT", "LEFT": "LEFT", "RIGHT": "RIGHT"}
+
+
+def _header(path: str | Path) -> dict:
+    """What a DICOM file's header says of its breast and view (nothing for other files)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # not DICOM (PNG, JPEG, ...), or no preamble: the order given holds
+        return {}
+    patient = str(ds.get("PatientID", "") or "")
+    side = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").upper()
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    key = _CBIS_KEY.match(patient)
+    if key:  # CBIS-DDSM: one PatientID per series, which names the patient, side and view
+        patient = key.group(1)
+        side, view = side or key.group(2), view or key.group(3)
+    return {"patient": patient, "side": _SIDES.get(side, side), "view": view}
+
+
+def breast_views(paths: Sequence[str | Path]) -> list[str]:
+    """The CC and MLO files of one breast, CC first, for a two-view model. The order given
+    holds unless the DICOM headers (ViewPosition, or CBIS-DDSM's PatientID) say otherwise.
+
+    Raises:
+        UserError: not two files, two files of one view, or of two breasts (by the headers'
+            PatientID and laterality).
+    """
+    if len(paths) != 2:
+        raise UserError(
+            f"a two-view model takes the CC and MLO of one breast: give two files (CC then "
+            f"MLO), not {len(paths)}"
+        )
+    headers = [_header(p) for p in paths]
+    views = [h.get("view", "") for h in headers]
+    if views[0] and views[0] == views[1]:
+        raise UserError(
+            f"{paths[0]} and {paths[1]} are both {views[0]} views (their DICOM headers say "
+            "so); give the CC and the MLO of one breast"
+        )
+    for name, what in (("patient", "patients"), ("side", "breasts")):
+        a, b = (h.get(name, "") for h in headers)
+        if a and b and a != b:
+            raise UserError(
+                f"{paths[0]} and {paths[1]} are of two {what} ({a} and {b} in their DICOM "
+                "headers); give the CC and the MLO of one breast"
+            )
+    if views[1] == "CC" or (views[0] and views[0] != "CC" and not views[1]):
+        return [str(paths[1]), str(paths[0])]
+    return [str(p) for p in paths]

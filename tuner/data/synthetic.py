@@ -43,6 +43,10 @@ class SynthParams:
     format: str = "cbis-ddsm"
     # CBIS-DDSM: "csv" (the CSVs' own paths), "archive" (a TCIA download) or "jpeg-edition"
     layout: str = "csv"
+    # CBIS-DDSM: the fraction of findings of two-view breasts that are seen in one view only
+    # (occult in the other, still listed and masked for both, as for a lesion known from the
+    # other view); 0 keeps every dataset of earlier versions byte-identical.
+    one_view_fraction: float = 0.0
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -53,6 +57,10 @@ class SynthParams:
             raise UserError(f"--patients {self.patients} is too few; use at least 10")
         if not 0.0 <= self.difficulty <= 1.0:
             raise UserError(f"--difficulty {self.difficulty} is out of range; use 0.0 to 1.0")
+        if not 0.0 <= self.one_view_fraction <= 1.0:
+            raise UserError(
+                f"--one-view-fraction {self.one_view_fraction} is out of range; use 0.0 to 1.0"
+            )
         if not 0.05 <= self.scale <= 1.0:
             raise UserError(f"--scale {self.scale} is out of range; use 0.05 to 1.0")
 
@@ -104,7 +112,8 @@ def synthesize(
     if fs.exists(path) and fs.ls(path):
         if storage.exists(marker):
             summary = storage.read_json(marker)
-            if summary.get("params") == asdict(params):
+            # Settings added since it was written take their defaults, as it was made with.
+            if {**asdict(SynthParams()), **(summary.get("params") or {})} == asdict(params):
                 return {**summary, "reused": True}
             raise UserError(
                 f"{out} already holds a synthetic dataset made with other settings "

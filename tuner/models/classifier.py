@@ -6,6 +6,10 @@ average pooling so any input size works. Normalisation constants live in the mod
 in every checkpoint): callers feed raw uint8 tiles. Inputs larger than the backbone's working
 size (published: 1024 and 2048 px whole images) pass first through one or two extra
 conv + pool blocks, the stem, each halving the side.
+
+A two-view model (``fusion="two_view"``) takes the CC and MLO images of one breast as the two
+channels of one input (N, 2, H, W): one backbone, shared by both views, pools each view's
+features, and their concatenation (late fusion) feeds the head.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class ModelArgs:
     mean: float | None = None
     std: float | None = None
     stem_blocks: int = 0  # extra conv + pool blocks before the backbone
+    fusion: str = "single"  # or "two_view": CC and MLO of one breast, one shared backbone
 
     def __post_init__(self):
         if self.mean is None or self.std is None:
@@ -51,6 +56,11 @@ class ModelArgs:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def views(self) -> int:
+        """Images per sample, the channels of the model's input: 2 for two-view, else 1."""
+        return 2 if self.fusion == "two_view" else 1
 
     @property
     def backbone_chans(self) -> int:
@@ -90,7 +100,7 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Sequential(
             nn.Dropout(args.dropout),
-            nn.Linear(width, 512),
+            nn.Linear(width * args.views, 512),
             nn.ReLU(inplace=True),
             nn.Dropout(args.dropout),
             nn.Linear(512, 32),
@@ -99,9 +109,20 @@ class Classifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of raw tiles, (N, in_chans, H, W) with values 0-255."""
+        """Logits for a batch of raw tiles, (N, in_chans, H, W) with values 0-255; for a
+        two-view model (N, 2, H, W), CC then MLO."""
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head takes: (N, width), or (N, 2 * width) for two views
+        (the CC's, then the MLO's, from the same backbone)."""
         x = (x.float() - self.mean) / self.std
-        return self.head(self.backbone(self.stem(x)))
+        views = self.args.views
+        if views > 1:
+            # Both views through the one backbone as one batch: (N, 2, H, W) -> (2N, 1, H, W).
+            x = x.reshape(x.shape[0] * views, 1, *x.shape[2:])
+        pooled = self.backbone(self.stem(x))
+        return pooled.reshape(-1, pooled.shape[1] * views) if views > 1 else pooled
 
     def head_parameters(self) -> list[nn.Parameter]:
         """What trains in the head-only phase: the head and the (always new) stem."""
@@ -135,6 +156,10 @@ def build_model(args: ModelArgs, *, transfer: str = "random", weights_dir: str |
                 continue
             if own[key].shape == value.shape:
                 taken[key] = value
+            elif key == "head.1.weight" and own[key].shape[1] == value.shape[1] * args.views:
+                # Two views: the mini-MIAS head's first layer on each view's features, halved,
+                # so the head starts as the mean of what it says of either view.
+                taken[key] = torch.cat([value] * args.views, dim=1) / args.views
             elif value.dim() == 4 and own[key].shape[1] == 3 and value.shape[1] == 1:
                 # Behind a stem the backbone sees three channels; mini-MIAS models see one.
                 taken[key] = value.repeat(1, 3, 1, 1) / 3

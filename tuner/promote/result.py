@@ -74,10 +74,13 @@ class Promotion:
         if self.threshold is not None:
             line += f", threshold {self.threshold:.3f}"
         if self.test:
-            auc = self.test["per_image"]["metrics"].get("roc_auc")
-            low, high = self.test["per_image"]["intervals_95"].get("roc_auc", [None, None])
+            two_view = "two_view" in (self.test.get("fusion") or "")
+            level = self.test["per_breast" if two_view else "per_image"]
+            auc = level["metrics"].get("roc_auc")
+            low, high = level["intervals_95"].get("roc_auc", [None, None])
             if auc is not None and low is not None:
-                line += f"; test AUC {auc:.3f} [{low:.3f}, {high:.3f}] (look {self.look})"
+                per = " per breast" if two_view else ""
+                line += f"; test AUC{per} {auc:.3f} [{low:.3f}, {high:.3f}] (look {self.look})"
         return line
 
     @property

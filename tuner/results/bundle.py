@@ -139,10 +139,15 @@ def _preprocessing_json(preprocessing: Preprocessing, model_args: dict) -> dict:
         **preprocessing.to_json(),
         "input": {
             "name": INPUT,
-            "shape": [None, 1, h, w],
+            "shape": [None, preprocessing.views, h, w],
             "dtype": "float32",
             "values": "0-255: the uint8 pixels this path makes, as float32",
-            "channels": 1,
+            "channels": preprocessing.views,
+            **(
+                {"views": ["CC", "MLO"], "breast": "both files of one breast, CC first"}
+                if preprocessing.views == 2
+                else {}
+            ),
         },
         "normalisation": {
             "inside_model": True,
@@ -230,7 +235,8 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
     if any(Preprocessing.from_checkpoint_meta(m) != preprocessing for _, m in loaded):
         raise UserError(f"{models.url}: its members were trained on different inputs")
     h, w = preprocessing.input_shape
-    sample = torch.rand(4, 1, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    views = preprocessing.views  # 2 for a two-view model: CC and MLO of one breast
+    sample = torch.rand(4, views, h, w, generator=torch.Generator().manual_seed(0)) * 255
     graph = EnsembleGraph(
         [m for m, _ in loaded], tta=models.tta, temperature=models.temperature, sample=sample
     ).eval()
@@ -250,7 +256,7 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
         "version": BUNDLE_VERSION,
         "runtime": fmt,
         "model_file": EXPORT_FORMATS[fmt],
-        "input": {"name": INPUT, "shape": [None, 1, h, w], "dtype": "float32"},
+        "input": {"name": INPUT, "shape": [None, views, h, w], "dtype": "float32"},
         "output": {"name": OUTPUT, "classes": classes, "probabilities": True},
         "task": meta["task"]["name"],
         "classes": classes,
@@ -362,7 +368,8 @@ class Bundle:
         return self._session
 
     def probabilities(self, tiles: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities for uint8 or float tiles (N, H, W) or (N, 1, H, W)."""
+        """Calibrated class probabilities for uint8 or float tiles (N, H, W) or (N, 1, H, W);
+        a two-view bundle's (N, 2, H, W), each sample a breast's CC then MLO."""
         tiles = np.asarray(tiles)
         if tiles.ndim == 3:
             tiles = tiles[:, None]
@@ -421,6 +428,7 @@ def open_bundle(url: str) -> Bundle:
         enhance=prep["enhance"],
         context_px=prep.get("context_px"),
         resized_from=tuple(prep.get("resized_from", ())),
+        views=int(prep.get("views", 1)),
     )
     session = _session(meta["runtime"], contents[meta["model_file"]])
     return Bundle(url, meta, preprocessing, json.loads(contents[CARD_FILE]), session)

@@ -21,6 +21,7 @@ import torch
 
 from tuner import storage
 from tuner.data import shards
+from tuner.data.pairs import PairStream, per_breast_probabilities
 from tuner.data.sources import mixed_editions
 from tuner.data.stream import load_manifest, split_entry
 from tuner.data.tasks import get_task
@@ -66,6 +67,9 @@ class Predictions:
     classes: list[str]
     rows: list[dict]  # patient_id, image_id, view, laterality, ..., label
     probabilities: np.ndarray  # (rows, classes)
+    # "two_view": every image row carries its breast's probability (the model's own, per
+    # breast); "single": the image's own; "single+two_view" for an ensemble of both kinds
+    fusion: str = "single"
 
     @property
     def labels(self) -> np.ndarray:
@@ -116,6 +120,8 @@ def predict_split(
     entry = split_entry(
         manifest, config["view"], config["input_size"], split, config.get("enhance", "none")
     )
+    if config.get("fusion", "single") == "two_view":
+        return _predict_breasts(model, config, task, data, manifest, split, batch_size, tta)
     labels_and_context = list(dict.fromkeys([*task.columns, *_CONTEXT]))
     columns = ["image", "height", "width", *labels_and_context]
     rows, batches, pending = [], [], []
@@ -146,6 +152,37 @@ def predict_split(
     return Predictions(list(task.classes), rows, np.concatenate(batches))
 
 
+def _predict_breasts(model, config, task, data, manifest, split, batch_size, tta) -> Predictions:
+    """A two-view model's probabilities, natively per breast (the mean over the breast's
+    CC + MLO pairs), given to every image row of the breast: per-breast figures are the
+    model's own, and the rows stay images, as single-view models' (ensembles, subgroups)."""
+    from torch.utils.data import DataLoader
+
+    stream = PairStream(
+        data,
+        manifest,
+        size=config["input_size"],
+        split=split,
+        task=task,
+        enhance=config.get("enhance", "none"),
+    )
+    if not stream.pairs:
+        raise UserError(f"{data}: the {split} split has no rows for task {task.name}")
+    pairs = np.concatenate(
+        [
+            class_probabilities(model, tiles, tta=tta).numpy()
+            for tiles, _ in DataLoader(stream, batch_size=batch_size, num_workers=0)
+        ]
+    )
+    breasts, _, probabilities = per_breast_probabilities(stream.context(["image_id"]), pairs)
+    index = {breast: i for i, breast in enumerate(breasts)}
+    images = stream.image_rows(_CONTEXT)
+    rows = [{k: v for k, v in r.items() if k != "breast"} for r in images]
+    return Predictions(
+        list(task.classes), rows, probabilities[[index[r["breast"]] for r in images]], "two_view"
+    )
+
+
 def ensemble(members: list[Predictions]) -> Predictions:
     """Average the probabilities of several checkpoints over the rows all of them scored."""
     if len(members) == 1:
@@ -164,7 +201,10 @@ def ensemble(members: list[Predictions]) -> Predictions:
     for member in members:
         index = {key: i for i, key in enumerate(member.keys())}
         stacked.append(member.probabilities[[index[k] for k in keys]])
-    return Predictions(first.classes, [first.rows[i] for i in order], np.mean(stacked, axis=0))
+    fusion = "+".join(sorted({m.fusion for m in members}))
+    return Predictions(
+        first.classes, [first.rows[i] for i in order], np.mean(stacked, axis=0), fusion
+    )
 
 
 def per_breast(predictions: Predictions) -> Predictions:
@@ -185,7 +225,7 @@ def per_breast(predictions: Predictions) -> Predictions:
             }
         )
         probabilities.append(predictions.probabilities[members].mean(axis=0))
-    return Predictions(predictions.classes, rows, np.array(probabilities))
+    return Predictions(predictions.classes, rows, np.array(probabilities), predictions.fusion)
 
 
 def _metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
@@ -309,7 +349,9 @@ def evaluate(
         for c in models.members
     ]
     images = ensemble(members)
-    images = Predictions(images.classes, images.rows, models.calibrate(images.probabilities))
+    images = Predictions(
+        images.classes, images.rows, models.calibrate(images.probabilities), images.fusion
+    )
     binary = len(images.classes) == 2
     if threshold is None:
         threshold = models.threshold if models.threshold is not None else 0.5
@@ -322,6 +364,8 @@ def evaluate(
         "rows": len(images.rows),
         "threshold": threshold if binary else None,
         "tta": models.tta,
+        # two_view: per breast is the model's own level; per-image rows carry their breast's
+        "fusion": images.fusion,
         "temperature": models.temperature,
     }
     levels = {"per_image": images}

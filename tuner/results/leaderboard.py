@@ -293,9 +293,11 @@ def status(experiment: str) -> Status:
 
 
 def _dimensions(space: dict) -> list[str]:
-    """The five published dimensions, then the other searched ones, in the space's order."""
+    """The five published dimensions, then the other searched ones, in the space's order,
+    then ``fusion`` when the space fixes it (two-view models are told apart at a glance)."""
     searched = list(space["space"])
-    return [*PRODUCT_DIMENSIONS, *(d for d in searched if d not in PRODUCT_DIMENSIONS)]
+    fixed = ["fusion"] if "fusion" in space.get("fixed", {}) and "fusion" not in searched else []
+    return [*PRODUCT_DIMENSIONS, *(d for d in searched if d not in PRODUCT_DIMENSIONS), *fixed]
 
 
 def _error_reason(text: str) -> str:

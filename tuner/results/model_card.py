@@ -125,6 +125,11 @@ def model_card(models: ModelSet, *, experiment: str | None = None) -> dict:
             f"{config['backbone']} CNN with an MLP head (512-32), input "
             f"{config['view']} view at {config['input_size']} px, "
             + (
+                "two views of a breast (CC + MLO) through one shared backbone, late fusion, "
+                if config.get("fusion") == "two_view"
+                else ""
+            )
+            + (
                 f"{len(models.members)} fold models averaged"
                 if len(models.members) > 1
                 else "one model"
@@ -228,6 +233,7 @@ def model_card(models: ModelSet, *, experiment: str | None = None) -> dict:
                 "view": config["view"],
                 "input_size": config["input_size"],
                 "enhance": config.get("enhance", "none"),
+                "fusion": config.get("fusion", "single"),
             },
         },
         "quantitative_analyses": quantitative,

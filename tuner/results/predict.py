@@ -4,6 +4,8 @@ checkpoint's own preprocessing (view, size, enhancement and ROI tile context as 
 
 A ROI-view model takes a full mammogram plus where the finding is (a mask file or a box) and
 sees prepare's tile around it; given a file alone, it takes the file to be the finding's crop.
+A two-view model takes the CC and MLO files of one breast and gives one prediction for the
+breast.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from tuner.data.preprocess import Preprocessing
-from tuner.data.single import model_input
+from tuner.data.single import breast_views, model_input
 from tuner.errors import UserError
 from tuner.models.classifier import class_probabilities
 from tuner.results.explain import gradcam, gradcam_scripted, write_overlay
@@ -56,13 +58,15 @@ def predict_files(
         checkpoint, task, preprocessing (see :class:`Preprocessing`), threshold, and per
         file: probabilities, predicted class, ``roi`` (what the model's tile was cut
         around: "mask", "box", "whole file" (the file as the crop), or None (whole view))
-        and, with ``heatmap``, the overlay's path.
+        and, with ``heatmap``, the overlay's path. A two-view model gives one prediction
+        for the breast (``file`` "CC + MLO") and ``views`` (which file it took for which).
 
     Raises:
         UserError: an unreadable checkpoint, bundle or image file, a bundle edited since
             export, a ROI that does not apply (see :func:`tuner.data.single.model_input`) or
             comes with more than one file, a heatmap folder that holds files, or a heatmap
-            from an ONNX bundle.
+            from an ONNX bundle; for a two-view model, not two files, two files of one
+            view or of two breasts (see :func:`tuner.data.single.breast_views`).
     """
     from tuner.results.bundle import is_bundle, open_bundle
 
@@ -101,7 +105,8 @@ def predict_files(
 
         @torch.no_grad()
         def score(tiles):
-            tiles = torch.from_numpy(tiles)[:, None]
+            tiles = torch.from_numpy(tiles)
+            tiles = tiles[:, None] if tiles.dim() == 3 else tiles
             averaged = np.mean(
                 [class_probabilities(m, tiles, tta=models.tta).numpy() for m, _ in loaded],
                 axis=0,
@@ -115,20 +120,33 @@ def predict_files(
         threshold = fixed if fixed is not None else 0.5
     if roi is None and preprocessing.view == "roi":
         roi = "whole file"
+    if preprocessing.views == 2:
+        if heatmap is not None:
+            raise UserError(
+                "Grad-CAM overlays are made for single-view models; predict this two-view "
+                "model without --heatmap"
+            )
+        if roi is not None:
+            raise UserError(
+                "a ROI was given, but this model classifies whole mammograms (two views of "
+                "a breast): give its CC and MLO files alone"
+            )
+        ordered = breast_views(files)
+        pixels = np.stack([model_input(path, preprocessing) for path in ordered])
+        return _result(
+            checkpoint,
+            task,
+            preprocessing,
+            threshold,
+            classes,
+            [_item(" + ".join(ordered), score(pixels[None])[0], classes, threshold, None)],
+            views={"CC": ordered[0], "MLO": ordered[1]},
+        )
     results, names = [], set()
     for path in files:
         pixels = model_input(path, preprocessing, roi_mask=roi_mask, roi_box=roi_box)
-        p = score(pixels[None])[0].astype(float)
-        if len(classes) == 2:
-            predicted = classes[1] if p[1] >= threshold else classes[0]
-        else:
-            predicted = classes[int(np.argmax(p))]
-        result = {
-            "file": str(path),
-            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
-            "predicted": predicted,
-            "roi": roi,
-        }
+        result = _item(str(path), score(pixels[None])[0], classes, threshold, roi)
+        predicted = result["predicted"]
         if heatmap is not None:
             name = _unique(f"{Path(path).stem}_gradcam.png", names)
             target = classes.index(predicted)
@@ -137,12 +155,31 @@ def predict_files(
             # Grad-CAM keeps only what raised the class's score: all zero means no region did.
             result["heatmap_empty"] = bool(cam.max() <= 0)
         results.append(result)
+    return _result(checkpoint, task, preprocessing, threshold, classes, results)
+
+
+def _item(name: str, p: np.ndarray, classes: list[str], threshold: float, roi) -> dict:
+    p = p.astype(float)
+    if len(classes) == 2:
+        predicted = classes[1] if p[1] >= threshold else classes[0]
+    else:
+        predicted = classes[int(np.argmax(p))]
+    return {
+        "file": name,
+        "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
+        "predicted": predicted,
+        "roi": roi,
+    }
+
+
+def _result(checkpoint, task, preprocessing, threshold, classes, items, **extra) -> dict:
     return {
         "checkpoint": checkpoint,
         "task": task,
         "preprocessing": preprocessing.to_json(),
         "threshold": threshold if len(classes) == 2 else None,
-        "predictions": results,
+        "predictions": items,
+        **extra,
     }
 
 

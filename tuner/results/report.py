@@ -719,7 +719,14 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
     test = promotion.test
     if test:
         m = test["per_image"]["metrics"]
+        levels = ("per_image", "per_breast")
         parts.append(f"<h3>Test: one look, at the OOF threshold {_num(test.get('threshold'))}</h3>")
+        if "two_view" in (test.get("fusion") or ""):
+            levels = ("per_breast", "per_image")
+            parts.append(
+                "<p class='note'>A two-view model (CC + MLO of one breast): per breast is its "
+                "own level; each image row carries its breast's probability.</p>"
+            )
         parts.append(
             _table(
                 ["level", "rows", "patients", *[k for k in m]],
@@ -730,7 +737,7 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
                         test[level].get("patients"),
                         *[_with_ci(test[level], k) for k in m],
                     ]
-                    for level in ("per_image", "per_breast")
+                    for level in levels
                     if level in test
                 ],
             )

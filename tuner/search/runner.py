@@ -93,6 +93,8 @@ def plan_search(
         space = apply_overrides(space, given, space_file)
     check_space(space, space_file)
     manifest = load_manifest(data)
+    if "two_view" in space.values("fusion", TrialConfig().fusion):
+        _check_two_view(space, manifest, data)
     for size in space.input_sizes():
         for enhance in space.values("enhance", TrialConfig().enhance):
             for split in ("train", "val"):
@@ -142,6 +144,32 @@ def plan_search(
         max_epochs=_max_epochs(space),
         constants=constants,
     )
+
+
+def _check_two_view(space, manifest: dict, data: str) -> None:
+    """Two-view trials pair whole images: refuse a dataset without them; warn when no
+    training breast has both views (each image would be fed twice)."""
+    from tuner.data.pairs import PairStream
+    from tuner.data.tasks import get_task
+
+    if not any(kind["view"] == "whole" for kind in manifest["tiles"].values()):
+        raise UserError(
+            f"fusion two_view pairs the CC and MLO whole images of a breast, but {data} was "
+            "prepared without whole images; prepare it again with --views whole (or roi,whole)"
+        )
+    size = min(space.input_sizes())
+    enhance = space.values("enhance", TrialConfig().enhance)[0]
+    split_entry(manifest, "whole", size, "train", enhance)  # a UserError naming what exists
+    stream = PairStream(
+        data, manifest, size=size, split="train", task=get_task(space.task), enhance=enhance
+    )
+    if stream.breasts and stream.single_view_breasts == stream.breasts:
+        logger.warning(
+            "warning: fusion two_view: none of the %d training breasts of %s has both a CC "
+            "and an MLO image, so each is fed its one view twice",
+            stream.breasts,
+            data,
+        )
 
 
 def _trial_dirname(trial) -> str:

@@ -26,9 +26,9 @@ __all__ = ["check_space", "backbone_side", "DefineByRun"]
 _ABSENT = object()
 
 
-def _check_value(source: str, where: str, name: str, value: Any) -> None:
+def _check_value(source: str, where: str, name: str, value: Any, view: str = "roi") -> None:
     try:
-        TrialConfig.model_validate({name: value})
+        TrialConfig.model_validate({"view": view, name: value})
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise UserError(f"{source}: {where}: {message}") from None
@@ -59,7 +59,7 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
                     f"{source}: {section}.{name}: {unknown_choice('setting', name, SEARCHABLE)}"
                 )
     for name, value in space.fixed.items():
-        _check_value(source, f"fixed.{name}", name, value)
+        _check_value(source, f"fixed.{name}", name, value, space.view)
     for name, dim in space.space.items():
         if name in CATEGORICAL_ONLY and not isinstance(dim, Categorical):
             raise UserError(f"{source}: space.{name}: {name} takes type: categorical")
@@ -67,7 +67,7 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
             raise UserError(f"{source}: space.{name}: {name} is a whole number; use type: int")
         if isinstance(dim, Categorical):
             for i, choice in enumerate(dim.choices):
-                _check_value(source, f"space.{name}.choices[{i}]", name, choice)
+                _check_value(source, f"space.{name}.choices[{i}]", name, choice, space.view)
         else:
             _check_value(source, f"space.{name}.low", name, dim.low)
             _check_value(source, f"space.{name}.high", name, dim.high)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from tuner.data.preprocess import ENHANCEMENTS
 from tuner.data.tasks import TASKS
@@ -18,9 +18,19 @@ from tuner.models.backbones import get_spec
 from tuner.models.classifier import stem_blocks
 from tuner.models.weights import TRANSFERS
 
-__all__ = ["TrialConfig", "CLASS_WEIGHTS", "SEARCHABLE", "CATEGORICAL_ONLY", "WHOLE_NUMBERS"]
+__all__ = [
+    "TrialConfig",
+    "FUSIONS",
+    "CLASS_WEIGHTS",
+    "SEARCHABLE",
+    "CATEGORICAL_ONLY",
+    "WHOLE_NUMBERS",
+]
 
 CLASS_WEIGHTS = ("none", "balanced", "minority_x1.5")
+# single: one image per sample; two_view: the CC and MLO of one breast as one sample (one
+# backbone for both views, their pooled features concatenated into the head).
+FUSIONS = ("single", "two_view")
 # "minority_xF": the minority class (fewest training rows) weighs F, the others 1.
 MINORITY = re.compile(r"^minority_x(\d+(?:\.\d+)?)$")
 
@@ -43,10 +53,11 @@ SEARCHABLE = (
     "precision",
     "loader_workers",
     "augment_on_gpu",
+    "fusion",
 )
 
 # Settings a space may only list (names), and settings that are whole numbers.
-CATEGORICAL_ONLY = ("backbone", "transfer", "enhance", "precision")
+CATEGORICAL_ONLY = ("backbone", "transfer", "enhance", "precision", "fusion")
 WHOLE_NUMBERS = (
     "input_size",
     "batch_size",
@@ -89,6 +100,7 @@ class TrialConfig(BaseModel):
     patience: int = 0
     max_backbone_size: int = 512  # larger inputs get stem blocks: 1024 -> 1, 2048 -> 2
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU
+    fusion: str = "single"  # single or two_view (whole images only)
     # set by the runner
     data: str = ""
     view: Literal["roi", "whole"] = "roi"
@@ -120,6 +132,13 @@ class TrialConfig(BaseModel):
     def _enhance(cls, value: str) -> str:
         if value not in ENHANCEMENTS:
             raise ValueError(unknown_choice("enhance", value, ENHANCEMENTS))
+        return value
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion(cls, value: str) -> str:
+        if value not in FUSIONS:
+            raise ValueError(unknown_choice("fusion", value, FUSIONS))
         return value
 
     @field_validator("task")
@@ -176,6 +195,21 @@ class TrialConfig(BaseModel):
     @property
     def stem_blocks(self) -> int:
         return stem_blocks(self.input_size, self.max_backbone_size)
+
+    @model_validator(mode="after")
+    def _fusion_needs_whole_images(self):
+        if self.fusion == "two_view" and self.view != "whole":
+            raise ValueError(
+                f"fusion two_view pairs the CC and MLO whole images of a breast, but the view "
+                f"is {self.view!r}; use view: whole (a dataset prepared with --views whole), "
+                "or fusion: single for ROI tiles"
+            )
+        return self
+
+    @property
+    def views(self) -> int:
+        """Images per sample: 2 for two-view fusion (CC then MLO), else 1."""
+        return 2 if self.fusion == "two_view" else 1
 
     @property
     def two_phase(self) -> bool:

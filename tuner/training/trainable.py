@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import tuner
+from tuner.data.pairs import PairStream, per_breast_probabilities
 from tuner.data.preprocess import whole_shape
 from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
@@ -230,15 +231,17 @@ def model_cost(
     device: torch.device | str = "cpu",
     precision: str = "auto",
     repeats: int = 5,
+    views: int = 1,
 ) -> dict:
     """What serving the model costs: batch-1 forward time in milliseconds on ``device`` (the
     median of ``repeats`` timed passes after a warm-up, in eval mode and the trial's
-    precision) and its parameters in millions.
+    precision) and its parameters in millions. ``views``: images per sample (2 for a
+    two-view model: one breast's CC and MLO).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    tiles = _to_device(torch.zeros((1, 1, *shape), dtype=torch.uint8), device)
+    tiles = _to_device(torch.zeros((1, views, *shape), dtype=torch.uint8), device)
     times = []
     for i in range(repeats + 1):
         if device.type == "cuda":
@@ -293,6 +296,33 @@ HELDOUT_CONTEXT = (
 _ONE_PROCESS = {"num_workers": 0, "persistent_workers": False}
 
 
+def stream_class(cfg: TrialConfig) -> type[TileStream]:
+    """What feeds a trial: :class:`PairStream` (CC + MLO of a breast) for two-view fusion,
+    else :class:`TileStream` (one tile or image per sample)."""
+    return PairStream if cfg.fusion == "two_view" else TileStream
+
+
+def _per_view(augment):
+    """A batch augmentation applied to each view of (N, V, H, W) on its own draw."""
+
+    def each_view(batch: torch.Tensor) -> torch.Tensor:
+        n, views = batch.shape[:2]
+        return augment(batch.reshape(n * views, 1, *batch.shape[2:])).reshape(batch.shape)
+
+    return each_view
+
+
+def _pairing_metrics(train_set: PairStream, val_set: PairStream | None) -> dict:
+    """How a two-view trial's breasts were paired: breasts, and those with one view only
+    (fed that view twice), per side of the trial."""
+    metrics = {}
+    for name, stream in (("train", train_set), ("val", val_set)):
+        if stream is not None:
+            metrics[f"{name}_breasts"] = stream.breasts
+            metrics[f"{name}_single_view_breasts"] = stream.single_view_breasts
+    return metrics
+
+
 def _fold_streams(cfg: TrialConfig, manifest: dict, stream: dict, *, on_gpu: bool, square: bool):
     """Train on train+val without the held-out fold's patients; hold that fold out (none for
     a refit, ``fold`` None)."""
@@ -301,7 +331,8 @@ def _fold_streams(cfg: TrialConfig, manifest: dict, stream: dict, *, on_gpu: boo
     assignment = storage.read_json(cfg.folds)["patients"]
     heldout = {p for p, f in assignment.items() if f == cfg.fold}
     both = ("train", "val")
-    train_set = TileStream(
+    Stream = stream_class(cfg)
+    train_set = Stream(
         cfg.data,
         manifest,
         split=both,
@@ -313,7 +344,7 @@ def _fold_streams(cfg: TrialConfig, manifest: dict, stream: dict, *, on_gpu: boo
     )
     if cfg.fold is None:
         return train_set, None
-    return train_set, TileStream(cfg.data, manifest, split=both, only_patients=heldout, **stream)
+    return train_set, Stream(cfg.data, manifest, split=both, only_patients=heldout, **stream)
 
 
 def _write_heldout(directory, model, heldout, validated, device, precision) -> None:
@@ -332,15 +363,32 @@ def _write_heldout(directory, model, heldout, validated, device, precision) -> N
             with _autocast(device, precision):
                 tiles = _to_device(tiles, device)
                 flipped.append(class_probabilities(model, tiles, tta=True).cpu().numpy())
+    flipped = np.concatenate(flipped)
+    if isinstance(heldout, PairStream):
+        # Two views: every image of a held-out breast gets its breast's prediction (the mean
+        # over the breast's pairs), so out-of-fold rows are images, as for single-view models.
+        rows, (plain, flipped) = _images_of_breasts(heldout, rows, [plain, flipped])
     with open(f"{directory}/{HELDOUT}", "w") as f:
         json.dump(
             {
                 "rows": rows,
                 "probabilities": np.asarray(plain).round(6).tolist(),
-                "probabilities_tta": np.concatenate(flipped).round(6).tolist(),
+                "probabilities_tta": np.asarray(flipped).round(6).tolist(),
             },
             f,
         )
+
+
+def _images_of_breasts(stream: PairStream, pair_rows: list[dict], predictions: list):
+    """Image rows of ``stream`` (with :data:`HELDOUT_CONTEXT`), each with its breast's mean
+    pair prediction, for every array in ``predictions``."""
+    images = stream.image_rows(HELDOUT_CONTEXT)
+    merged = []
+    for probabilities in predictions:
+        breasts, _, mean = per_breast_probabilities(pair_rows, probabilities)
+        index = {b: i for i, b in enumerate(breasts)}
+        merged.append(mean[[index[r["breast"]] for r in images]])
+    return [{k: v for k, v in r.items() if k != "breast"} for r in images], merged
 
 
 def train_trial(config: dict) -> None:
@@ -390,6 +438,7 @@ def _train_trial(config: dict) -> None:
         num_classes=len(task.classes),
         dropout=cfg.dropout,
         stem_blocks=cfg.stem_blocks,
+        fusion=cfg.fusion,
     )
     model = build_model(args, transfer=cfg.transfer, weights_dir=cfg.weights_dir).to(device)
     if device.type == "cuda":
@@ -404,8 +453,9 @@ def _train_trial(config: dict) -> None:
     stream = dict(view=cfg.view, size=cfg.input_size, enhance=cfg.enhance, task=task)
     square = cfg.view == "roi"  # whole images are 1.5:1, so no quarter turns
     on_gpu = cfg.augment_on_gpu and device.type == "cuda"
-    batch_augment = flip_rot90 if on_gpu else None
-    train_set = TileStream(
+    batch_augment = _per_view(flip_rot90) if on_gpu else None
+    Stream = stream_class(cfg)
+    train_set = Stream(
         cfg.data,
         manifest,
         split="train",
@@ -414,7 +464,7 @@ def _train_trial(config: dict) -> None:
         augment=default_augment(square=square, flips=not on_gpu),
         **stream,
     )
-    val_set = TileStream(cfg.data, manifest, split="val", **stream)
+    val_set = Stream(cfg.data, manifest, split="val", **stream)
     if cfg.folds:
         train_set, val_set = _fold_streams(cfg, manifest, stream, on_gpu=on_gpu, square=square)
     loader = dict(
@@ -426,8 +476,12 @@ def _train_trial(config: dict) -> None:
     train_loader = DataLoader(train_set, **loader)
     # Held-out folds are scored in one process so that rows keep the order of their context.
     val_loader = None if val_set is None else DataLoader(val_set, **{**loader, **_ONE_PROCESS})
-    if not cfg.folds:
+    if not cfg.folds and cfg.fusion == "single":
         val_loader = DataLoader(val_set, **loader)
+    # Two views: pairs are scored in one process too, so that each breast's pairs can be
+    # found and merged (validation is per breast).
+    two_view = cfg.fusion == "two_view"
+    paired = _pairing_metrics(train_set, val_set) if two_view else {}
 
     start_epoch, best_loss, stale = 0, math.inf, 0
     resumed = tune.get_checkpoint()
@@ -445,7 +499,7 @@ def _train_trial(config: dict) -> None:
 
     node_id = _node_id()
     shape = whole_shape(cfg.input_size) if cfg.view == "whole" else (cfg.input_size,) * 2
-    cost = model_cost(model, shape, device=device, precision=cfg.precision)
+    cost = model_cost(model, shape, device=device, precision=cfg.precision, views=cfg.views)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         phase = set_phase(model, optimizer, cfg, epoch)
@@ -465,7 +519,12 @@ def _train_trial(config: dict) -> None:
             scores = {}
         else:
             validated = evaluate(model, val_loader, loss_fn, device=device, precision=cfg.precision)
-            scores = classification_metrics(validated["labels"], validated["probabilities"])
+            labels, probabilities = validated["labels"], validated["probabilities"]
+            if two_view:  # per breast: the mean over its pairs
+                _, labels, probabilities = per_breast_probabilities(
+                    val_set.context(["image_id"]), probabilities
+                )
+            scores = classification_metrics(labels, probabilities)
         if validated["loss"] < best_loss:
             best_loss, stale = validated["loss"], 0
         else:
@@ -482,6 +541,7 @@ def _train_trial(config: dict) -> None:
             "epoch_seconds": time.perf_counter() - started,
             "node_id": node_id,  # which Ray node ran this epoch (restarts may move a trial)
             "early_stopped": stop,
+            **paired,
             **cost,
         }
         context = tune.get_context()
