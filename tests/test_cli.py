@@ -175,6 +175,7 @@ def _search(prepared, tmp_path, *extra):
                 "--space",
                 "divide_and_conquer",
                 *("--set", "view=roi", "--set", "input_size=[48]", "--set", "enhance=none"),
+                *("--set", "fusion=single", "--set", "metric=val_roc_auc"),
                 *("--set", "backbone=[mobilenet_v2]"),
             ),
             ["transfer 'mias_all'", "mammotune pretrain-mias"],

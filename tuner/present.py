@@ -259,7 +259,8 @@ def promotion(console: Console, result: Promotion) -> None:
     if test:
         look = test.get("test_look") or {}
         # A two-view model scores breasts: its own level is the one to show.
-        level = "per_breast" if "two_view" in (test.get("fusion") or "") else "per_image"
+        two_view = "two_view" in (test.get("fusion") or "") and "per_breast" in test
+        level = "per_breast" if two_view else "per_image"
         unit = "breasts" if level == "per_breast" else "images"
         m, ci = test[level]["metrics"], test[level]["intervals_95"]
         parts = [

@@ -10,6 +10,7 @@ import pytest
 from tuner.cli import main
 from tuner.data import shards
 from tuner.data.stream import load_manifest
+from tuner.results.bundle import BUNDLE_VERSION
 from tuner.results.leaderboard import leaderboard
 
 pytestmark = pytest.mark.slow
@@ -141,7 +142,7 @@ def test_bad_bundles_and_exports_are_one_line_exit_2(experiment, tiles, tmp_path
     for name, data in before.items():
         (newer / name).write_bytes(data)
     meta = json.loads(before["bundle.json"])
-    (newer / "bundle.json").write_text(json.dumps({**meta, "version": meta["version"] + 1}))
+    (newer / "bundle.json").write_text(json.dumps({**meta, "version": BUNDLE_VERSION + 1}))
     refused(["predict", str(newer), tiles[0]], "newer", "upgrade")
 
     # bundle.json's own fields: a threshold edited by hand would change every prediction.

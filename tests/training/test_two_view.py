@@ -272,6 +272,8 @@ def test_two_view_beats_single_view_per_breast_when_a_lesion_shows_in_one_view(
         assert report["fusion"] == fusion
         assert report["per_breast"]["rows"] == 60  # one row per breast, each with both views
         figures[fusion] = report["per_breast"]["metrics"]["roc_auc"]
+        # Both kinds of trial report the per-breast validation AUC a search can compare.
+        assert 0.0 <= trial.metrics["val_breast_roc_auc"] <= 1.0
         if fusion == "two_view":
             # The model's own level: every image row carries its breast's probability.
             assert trial.metrics["val_breasts"] == 45
@@ -327,11 +329,14 @@ def test_predict_takes_one_breasts_cc_and_mlo_and_export_keeps_both_views(
     bundle = tmp_path / "bundle"
     assert main(["export", checkpoint, str(bundle), "--format", "onnx"]) == 0
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["input"]["shape"] == [None, 2, SIZE, 43]
-    via_bundle = _json(capsys, ["predict", str(bundle), files["one", "CC"], files["one", "MLO"]])
-    assert via_bundle["predictions"][0]["probabilities"]["malignant"] == pytest.approx(
-        scores["one"], abs=1e-4
-    )
+    assert meta["input"]["shape"] == [None, 2, SIZE, 43] and meta["version"] == 2
+    scripted = tmp_path / "bundle-ts"
+    assert main(["export", checkpoint, str(scripted), "--format", "torchscript"]) == 0
+    for exported in (bundle, scripted):  # traced at a batch of 4, run on one breast
+        via = _json(capsys, ["predict", str(exported), files["one", "CC"], files["one", "MLO"]])
+        assert via["predictions"][0]["probabilities"]["malignant"] == pytest.approx(
+            scores["one"], abs=1e-4
+        )
 
     # Bad input: one line each, exit 2.
     other = _dicom(
@@ -348,7 +353,11 @@ def test_predict_takes_one_breasts_cc_and_mlo_and_export_keeps_both_views(
         side="LEFT",
         view="MLO",
     )
+    sideways = _dicom(
+        tmp_path / "ml.dcm", _image(rng, "MLO", False), patient="X_one", side="LEFT", view="ML"
+    )
     for given, says in (
+        ([files["one", "MLO"], sideways], "is a CC view"),
         ([files["one", "CC"]], "give two files"),
         ([files["one", "CC"], files["both", "CC"], files["one", "MLO"]], "give two files"),
         ([files["one", "CC"], files["both", "CC"]], "both CC views"),
@@ -390,6 +399,24 @@ def test_two_view_on_roi_tiles_or_without_whole_images_is_refused_before_any_tri
     err = capsys.readouterr().err.strip()
     assert code == 2 and "prepared without whole images" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+    # A task whose classes have no worst (which class would a breast take?).
+    four = _space(tmp_path, "two_view")
+    four.write_text(four.read_text().replace("benign_vs_malignant", "four_class"))
+    capsys.readouterr()
+    code = main(
+        [
+            "search",
+            "--space",
+            str(four),
+            "--data",
+            str(two_view_data),
+            "--storage",
+            str(tmp_path / "c"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "worst finding" in err and len(err.splitlines()) == 1
 
 
 def test_a_two_view_model_is_promoted_and_reported_per_breast(searched, tmp_path, capsys):

@@ -37,7 +37,10 @@ CC = "CC"  # the first view slot; every other view (MLO, ML, ...) fills the seco
 
 
 def breast_key(row: dict) -> str:
-    """The id of a row's breast: ``<patient>_<side>`` (e.g. ``P_00001_LEFT``)."""
+    """The id of a row's breast: ``<patient>_<side>`` (e.g. ``P_00001_LEFT``); an image
+    whose side is not known is a breast of its own (never paired across sides)."""
+    if not row.get("laterality"):
+        return f"{row['patient_id']}_{row['image_id']}"
     return f"{row['patient_id']}_{row['laterality']}"
 
 
@@ -89,6 +92,8 @@ class PairStream(TileStream):
 
     def __init__(self, *args, **kwargs):
         kwargs["view"] = "whole"
+        # A pair is two images: the same buffer memory as TileStream's default in images.
+        kwargs.setdefault("buffer_size", 256)
         super().__init__(*args, **kwargs)
         self._plan: tuple[list[list[str]], list[Pair]] | None = None
 
@@ -228,11 +233,12 @@ def per_breast_probabilities(
     rows: Sequence[dict], probabilities: np.ndarray
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Pair predictions merged per breast (``rows`` from :meth:`PairStream.context`, whose
-    ``image_id`` is the breast): (breasts sorted, their labels, their mean probabilities)."""
+    ``image_id`` is the breast) or image predictions with their breast as ``image_id``:
+    (breasts sorted, their worst labels, their mean probabilities)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         groups[row["image_id"]].append(i)
     breasts = sorted(groups)
-    labels = np.array([rows[groups[b][0]]["label"] for b in breasts], dtype=int)
+    labels = np.array([max(rows[i]["label"] for i in groups[b]) for b in breasts], dtype=int)
     merged = np.array([np.asarray(probabilities)[groups[b]].mean(axis=0) for b in breasts])
     return breasts, labels, merged

@@ -148,6 +148,7 @@ def model_input(
 
 # CBIS-DDSM keeps its own key in PatientID: <Mass|Calc>-<Training|Test>_P_00001_LEFT_CC.
 _CBIS_KEY = re.compile(r"^(?:Mass|Calc)-(?:Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(?:_\d+)?$")
+CC = "CC"
 _SIDES = {"L": "LEFT", "R": "RIGHT", "LEFT": "LEFT", "RIGHT": "RIGHT"}
 
 
@@ -188,6 +189,11 @@ def breast_views(paths: Sequence[str | Path]) -> list[str]:
         raise UserError(
             f"{paths[0]} and {paths[1]} are both {views[0]} views (their DICOM headers say "
             "so); give the CC and the MLO of one breast"
+        )
+    if all(views) and CC not in views:
+        raise UserError(
+            f"neither {paths[0]} ({views[0]}) nor {paths[1]} ({views[1]}) is a CC view (their "
+            "DICOM headers say so); give the CC and the MLO of one breast"
         )
     for name, what in (("patient", "patients"), ("side", "breasts")):
         a, b = (h.get(name, "") for h in headers)

@@ -57,6 +57,10 @@ class SynthParams:
             raise UserError(f"--patients {self.patients} is too few; use at least 10")
         if not 0.0 <= self.difficulty <= 1.0:
             raise UserError(f"--difficulty {self.difficulty} is out of range; use 0.0 to 1.0")
+        if self.one_view_fraction and self.format != "cbis-ddsm":
+            raise UserError(
+                "--one-view-fraction is for --format cbis-ddsm (mini-MIAS has MLO views only)"
+            )
         if not 0.0 <= self.one_view_fraction <= 1.0:
             raise UserError(
                 f"--one-view-fraction {self.one_view_fraction} is out of range; use 0.0 to 1.0"

@@ -120,7 +120,7 @@ class Classifier(nn.Module):
         views = self.args.views
         if views > 1:
             # Both views through the one backbone as one batch: (N, 2, H, W) -> (2N, 1, H, W).
-            x = x.reshape(x.shape[0] * views, 1, *x.shape[2:])
+            x = x.reshape(-1, 1, *x.shape[2:])
         pooled = self.backbone(self.stem(x))
         return pooled.reshape(-1, pooled.shape[1] * views) if views > 1 else pooled
 

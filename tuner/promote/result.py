@@ -74,7 +74,7 @@ class Promotion:
         if self.threshold is not None:
             line += f", threshold {self.threshold:.3f}"
         if self.test:
-            two_view = "two_view" in (self.test.get("fusion") or "")
+            two_view = "two_view" in (self.test.get("fusion") or "") and "per_breast" in self.test
             level = self.test["per_breast" if two_view else "per_image"]
             auc = level["metrics"].get("roc_auc")
             low, high = level["intervals_95"].get("roc_auc", [None, None])

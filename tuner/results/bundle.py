@@ -53,7 +53,11 @@ __all__ = [
     "cam_layer",
 ]
 
-BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION = "bundle.json", "mammotune-bundle", 1
+# The newest format version this mammotune reads. Version 2 is a two-view bundle (input
+# N x 2 x H x W, preprocessing "views"), written as 2 so that a mammotune that reads only
+# single-view bundles refuses it with "upgrade" rather than a shape error; single-view
+# bundles are still written as version 1.
+BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION = "bundle.json", "mammotune-bundle", 2
 EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 PREPROCESSING_FILE, CARD_FILE = "preprocessing.json", "model_card.json"
 INPUT, OUTPUT = "tiles", "probabilities"
@@ -253,7 +257,7 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
     classes = meta["task"]["classes"]
     bundle = {
         "format": BUNDLE_FORMAT,
-        "version": BUNDLE_VERSION,
+        "version": 1 if views == 1 else 2,
         "runtime": fmt,
         "model_file": EXPORT_FORMATS[fmt],
         "input": {"name": INPUT, "shape": [None, views, h, w], "dtype": "float32"},

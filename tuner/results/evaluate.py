@@ -398,12 +398,16 @@ def evaluate(
         report[level] = entry
     report["_predictions"] = levels
     if split == "test":
+        # A two-view model's figures are its breasts': the ledger keeps those.
+        level = "per_breast" if "two_view" in images.fusion and "per_breast" in report else None
+        level = level or "per_image"
         look = {
             "what": what,
             "data": report["data"],
             "threshold": report["threshold"],
-            "metrics": json_safe(report["per_image"]["metrics"]),
-            "intervals_95": json_safe(report["per_image"]["intervals_95"]),
+            "level": level,
+            "metrics": json_safe(report[level]["metrics"]),
+            "intervals_95": json_safe(report[level]["intervals_95"]),
         }
         if key is not None:
             look["key"] = key

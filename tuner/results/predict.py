@@ -71,11 +71,6 @@ def predict_files(
     from tuner.results.bundle import is_bundle, open_bundle
 
     roi = "mask" if roi_mask is not None else "box" if roi_box is not None else None
-    if roi and len(files) != 1:
-        raise UserError(
-            f"a ROI belongs to one mammogram, but {len(files)} files were given: "
-            "predict one file at a time with its ROI mask or box"
-        )
     if heatmap is not None:
         heatmap = str(heatmap).removeprefix("file://")
         if "://" in heatmap:
@@ -118,6 +113,11 @@ def predict_files(
 
     if threshold is None:
         threshold = fixed if fixed is not None else 0.5
+    if roi and len(files) != 1 and preprocessing.views == 1:
+        raise UserError(
+            f"a ROI belongs to one mammogram, but {len(files)} files were given: "
+            "predict one file at a time with its ROI mask or box"
+        )
     if roi is None and preprocessing.view == "roi":
         roi = "whole file"
     if preprocessing.views == 2:

@@ -721,7 +721,7 @@ def _promotion_section(experiment: str, promotion, figures: list[int]) -> str:
         m = test["per_image"]["metrics"]
         levels = ("per_image", "per_breast")
         parts.append(f"<h3>Test: one look, at the OOF threshold {_num(test.get('threshold'))}</h3>")
-        if "two_view" in (test.get("fusion") or ""):
+        if "two_view" in (test.get("fusion") or "") and "per_breast" in test:
             levels = ("per_breast", "per_image")
             parts.append(
                 "<p class='note'>A two-view model (CC + MLO of one breast): per breast is its "

@@ -26,9 +26,11 @@ __all__ = ["check_space", "backbone_side", "DefineByRun"]
 _ABSENT = object()
 
 
-def _check_value(source: str, where: str, name: str, value: Any, view: str = "roi") -> None:
+def _check_value(source: str, where: str, name: str, value: Any, space=None) -> None:
+    # Settings checked against each other (fusion needs whole images) see the space's own.
+    context = {"view": space.view, "task": space.task} if space is not None else {}
     try:
-        TrialConfig.model_validate({"view": view, name: value})
+        TrialConfig.model_validate({**context, name: value})
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise UserError(f"{source}: {where}: {message}") from None
@@ -51,6 +53,12 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
             where = f"metrics[{i}].name" if space.metrics else "metric"
             message = unknown_choice("metric", objective.name, REPORTED_METRICS)
             raise UserError(f"{source}: {where}: {message}")
+        if objective.name == "val_breast_roc_auc" and space.view != "whole":
+            where = f"metrics[{i}].name" if space.metrics else "metric"
+            raise UserError(
+                f"{source}: {where}: val_breast_roc_auc is reported for whole images (view: "
+                "whole); ROI tiles report val_roc_auc"
+            )
     check_strategies(space, source)
     for section, names in (("fixed", space.fixed), ("space", space.space)):
         for name in names:
@@ -59,7 +67,7 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
                     f"{source}: {section}.{name}: {unknown_choice('setting', name, SEARCHABLE)}"
                 )
     for name, value in space.fixed.items():
-        _check_value(source, f"fixed.{name}", name, value, space.view)
+        _check_value(source, f"fixed.{name}", name, value, space)
     for name, dim in space.space.items():
         if name in CATEGORICAL_ONLY and not isinstance(dim, Categorical):
             raise UserError(f"{source}: space.{name}: {name} takes type: categorical")
@@ -67,7 +75,7 @@ def check_space(space: SearchSpace, source: str = "search space") -> None:
             raise UserError(f"{source}: space.{name}: {name} is a whole number; use type: int")
         if isinstance(dim, Categorical):
             for i, choice in enumerate(dim.choices):
-                _check_value(source, f"space.{name}.choices[{i}]", name, choice, space.view)
+                _check_value(source, f"space.{name}.choices[{i}]", name, choice, space)
         else:
             _check_value(source, f"space.{name}.low", name, dim.low)
             _check_value(source, f"space.{name}.high", name, dim.high)

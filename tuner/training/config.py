@@ -31,6 +31,8 @@ CLASS_WEIGHTS = ("none", "balanced", "minority_x1.5")
 # single: one image per sample; two_view: the CC and MLO of one breast as one sample (one
 # backbone for both views, their pooled features concatenated into the head).
 FUSIONS = ("single", "two_view")
+# Tasks whose classes are ordered by severity, so that a breast takes its worst image's label.
+TWO_VIEW_TASKS = ("benign_vs_malignant", "lesion_vs_tissue")
 # "minority_xF": the minority class (fewest training rows) weighs F, the others 1.
 MINORITY = re.compile(r"^minority_x(\d+(?:\.\d+)?)$")
 
@@ -203,6 +205,11 @@ class TrialConfig(BaseModel):
                 f"fusion two_view pairs the CC and MLO whole images of a breast, but the view "
                 f"is {self.view!r}; use view: whole (a dataset prepared with --views whole), "
                 "or fusion: single for ROI tiles"
+            )
+        if self.fusion == "two_view" and self.task not in TWO_VIEW_TASKS:
+            raise ValueError(
+                f"fusion two_view labels a breast by its worst finding, which task "
+                f"{self.task} does not order; use it with {' or '.join(TWO_VIEW_TASKS)}"
             )
         return self
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import tuner
-from tuner.data.pairs import PairStream, per_breast_probabilities
+from tuner.data.pairs import PairStream, breast_key, per_breast_probabilities
 from tuner.data.preprocess import whole_shape
 from tuner.data.stream import TileStream, default_augment, flip_rot90, load_manifest, split_entry
 from tuner.data.tasks import get_task
@@ -53,6 +53,7 @@ __all__ = [
 # What each epoch reports: a search may optimise any of these.
 REPORTED_METRICS = (
     "val_roc_auc",
+    "val_breast_roc_auc",  # whole images: per breast (its images averaged, or two-view's own)
     "val_loss",
     "val_accuracy",
     "val_precision",
@@ -323,6 +324,32 @@ def _pairing_metrics(train_set: PairStream, val_set: PairStream | None) -> dict:
     return metrics
 
 
+def _breast_rows(stream: TileStream) -> list[dict]:
+    """Each row the (unshuffled, one-process) validation stream yields, with its breast
+    as ``image_id`` and its label: pairs already are; images are grouped by patient and
+    side."""
+    if isinstance(stream, PairStream):
+        return stream.context(["image_id"])
+    return [
+        {"image_id": breast_key(r), "label": r["label"]}
+        for r in stream.context(["patient_id", "laterality"])
+    ]
+
+
+def _validation_scores(validated: dict, breasts: list[dict] | None, two_view: bool) -> dict:
+    """The epoch's validation metrics: per sample (a two-view model's: per breast), and
+    with whole images ``breast_roc_auc``, the one figure single- and two-view trials share."""
+    labels, probabilities = validated["labels"], validated["probabilities"]
+    if breasts is None:
+        return classification_metrics(labels, probabilities)
+    if [r["label"] for r in breasts] != [int(y) for y in labels]:
+        raise RuntimeError("validation rows and their predictions do not line up")
+    _, breast_labels, merged = per_breast_probabilities(breasts, probabilities)
+    per_breast = classification_metrics(breast_labels, merged)
+    scores = per_breast if two_view else classification_metrics(labels, probabilities)
+    return {**scores, "breast_roc_auc": per_breast["roc_auc"]}
+
+
 def _fold_streams(cfg: TrialConfig, manifest: dict, stream: dict, *, on_gpu: bool, square: bool):
     """Train on train+val without the held-out fold's patients; hold that fold out (none for
     a refit, ``fold`` None)."""
@@ -431,6 +458,11 @@ def _train_trial(config: dict) -> None:
     manifest = load_manifest(cfg.data)
     task = get_task(cfg.task)
     counts = task.counts(split_entry(manifest, cfg.view, cfg.input_size, "train", cfg.enhance))
+    if cfg.fusion == "two_view":  # the samples are breasts: weigh classes by their counts
+        pairs = PairStream(
+            cfg.data, manifest, size=cfg.input_size, split="train", task=task, enhance=cfg.enhance
+        ).pairs
+        counts = [sum(p.label == c for p in pairs) for c in range(len(task.classes))]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     args = ModelArgs(
@@ -476,12 +508,13 @@ def _train_trial(config: dict) -> None:
     train_loader = DataLoader(train_set, **loader)
     # Held-out folds are scored in one process so that rows keep the order of their context.
     val_loader = None if val_set is None else DataLoader(val_set, **{**loader, **_ONE_PROCESS})
-    if not cfg.folds and cfg.fusion == "single":
+    # Whole images are scored in one process too, so that each breast's rows (images, or
+    # two-view pairs) can be found and merged: validation reports per breast as well.
+    if not cfg.folds and cfg.view == "roi":
         val_loader = DataLoader(val_set, **loader)
-    # Two views: pairs are scored in one process too, so that each breast's pairs can be
-    # found and merged (validation is per breast).
     two_view = cfg.fusion == "two_view"
     paired = _pairing_metrics(train_set, val_set) if two_view else {}
+    breasts = _breast_rows(val_set) if cfg.view == "whole" and val_set is not None else None
 
     start_epoch, best_loss, stale = 0, math.inf, 0
     resumed = tune.get_checkpoint()
@@ -519,12 +552,7 @@ def _train_trial(config: dict) -> None:
             scores = {}
         else:
             validated = evaluate(model, val_loader, loss_fn, device=device, precision=cfg.precision)
-            labels, probabilities = validated["labels"], validated["probabilities"]
-            if two_view:  # per breast: the mean over its pairs
-                _, labels, probabilities = per_breast_probabilities(
-                    val_set.context(["image_id"]), probabilities
-                )
-            scores = classification_metrics(labels, probabilities)
+            scores = _validation_scores(validated, breasts, two_view)
         if validated["loss"] < best_loss:
             best_loss, stale = validated["loss"], 0
         else:
@@ -536,7 +564,7 @@ def _train_trial(config: dict) -> None:
             "train_loss": trained["loss"],
             "val_loss": validated["loss"],
             **{f"val_{name}": value for name, value in scores.items()},
-            "train_images_per_s": trained["images_per_s"],
+            "train_images_per_s": trained["images_per_s"] * cfg.views,  # images, not pairs
             "data_wait_share": trained["data_wait_share"],
             "epoch_seconds": time.perf_counter() - started,
             "node_id": node_id,  # which Ray node ran this epoch (restarts may move a trial)
