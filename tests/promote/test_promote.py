@@ -257,6 +257,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(promoted, prepared, tmp
         "were in the search's train+val": ["--top", "1", "--data", str(leaky)],
         "choose folds or refit": ["--final", "best"],
         "no unfinished promotion": ["--resume"],
+        "--set fusion: fusion two_view pairs the CC and MLO": ["--set", "fusion=two_view"],
     }
     for message, args in cases.items():
         capsys.readouterr()

@@ -53,3 +53,34 @@ def test_conditional_dimensions_exist_only_when_their_condition_holds(tmp_path):
         assert 1e-5 <= config.lr <= 1e-2
         study.tell(trial, 0.5)
     assert transfers == {"imagenet", "random"}
+
+
+DROPOUT = "space:\n  dropout: {type: float, low: 0.0, high: 0.5}\n"
+
+
+def test_two_view_and_per_breast_metric_need_whole_images(tmp_path):
+    import re
+
+    import pytest
+
+    from tuner.errors import UserError
+    from tuner.search.space import check_space
+
+    cases = {
+        "view: roi\nspace:\n  fusion: {type: categorical, choices: [single, two_view]}\n": (
+            "space.fusion.choices[1]: fusion two_view pairs the CC and MLO"
+        ),
+        "view: roi\nmetric: val_breast_roc_auc\n"
+        + DROPOUT: "metric: val_breast_roc_auc is reported",
+        "view: whole\ntask: four_class\nfixed: {fusion: two_view}\n" + DROPOUT: "worst finding",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "space.yaml"
+        path.write_text("name: t\n" + text)
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_space(load_space(path), str(path))
+    path.write_text(
+        "name: t\nview: whole\nmetric: val_breast_roc_auc\n"
+        "space:\n  fusion: {type: categorical, choices: [single, two_view]}\n"
+    )
+    check_space(load_space(path), str(path))  # whole images: both fusions, per breast

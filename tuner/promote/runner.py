@@ -101,8 +101,10 @@ def _checked_overrides(overrides: dict | None, candidates: list[dict]) -> dict:
             TrialConfig.model_validate({**candidate["config"], **overrides})
         except ValidationError as error:
             first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise UserError(f"--set {where}: {first['msg']}") from None
+            # A rule across settings (fusion two_view needs whole images) has no one key.
+            where = ".".join(str(p) for p in first["loc"]) or ", ".join(sorted(overrides))
+            message = first["msg"].removeprefix("Value error, ")
+            raise UserError(f"--set {where}: {message}") from None
     return overrides
 
 
