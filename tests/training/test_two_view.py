@@ -439,3 +439,22 @@ def test_a_two_view_model_is_promoted_and_reported_per_breast(searched, tmp_path
     capsys.readouterr()
     assert main(["report", str(experiment), "--out", str(out)]) == 0
     assert "two_view" in out.read_text()
+
+
+def test_pairs_stream_from_a_bucket_as_from_a_folder(two_view_data, bucket, tmp_path):
+    """Planning reads only label columns from the bucket; pixels go through the node cache."""
+    import fsspec
+
+    from tuner.data.cache import ShardCache
+
+    fs = fsspec.filesystem("s3")
+    fs.put(str(two_view_data), f"{bucket}/data", recursive=True)
+    options = dict(size=SIZE, split="val", task=TASK)
+    local = PairStream(str(two_view_data), load_manifest(str(two_view_data)), **options)
+    remote_url = f"{bucket}/data"
+    cache = ShardCache(str(tmp_path / "cache"))
+    remote = PairStream(remote_url, load_manifest(remote_url), cache=cache, **options)
+    assert [p.breast for p in remote.pairs] == [p.breast for p in local.pairs]
+    assert not list((tmp_path / "cache").glob("*.parquet"))  # planned without fetching
+    assert [bytes(v.numpy()) for v, _ in remote] == [bytes(v.numpy()) for v, _ in local]
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 2

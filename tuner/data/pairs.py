@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from tuner import storage
 from tuner.data import shards
 from tuner.data.cache import ShardCache
 from tuner.data.stream import TileStream
@@ -100,12 +101,10 @@ class PairStream(TileStream):
     # -- the plan: every image's context and the pairs, from the label columns only --
     def _planned(self) -> tuple[list[dict], list[Pair]]:
         if self._plan is None:
-            if self._remote():
-                self.cache = self.cache or ShardCache()
             names = list(dict.fromkeys([*self.task.columns, *shards.LABEL_COLUMNS, "patient_id"]))
             images = []
             for index, shard in enumerate(self._all_shards()):
-                table = self._read(shard, names)
+                table = self._label_columns(shard, names)
                 values = {c: table.column(c).to_pylist() for c in names}
                 for i in range(table.num_rows):
                     label = self.task.label(tuple(values[c][i] for c in self.task.columns))
@@ -115,6 +114,13 @@ class PairStream(TileStream):
                     images.append({**row, "label": label, "at": (index, i)})
             self._plan = (images, pair_breasts(images))
         return self._plan
+
+    def _label_columns(self, shard: dict, columns: list[str]):
+        """Some columns of a shard, read from storage with Parquet's column projection:
+        planning needs no pixels, so a search's driver fetches no shard whole."""
+        fs, path = storage.filesystem(storage.join(self.dataset, shard["path"]))
+        with fs.open(path, "rb") as f:
+            return shards.decode(f, columns=columns)
 
     def _all_shards(self) -> list[dict]:
         return [shard for entry in self.entries for shard in entry["shards"]]
@@ -194,6 +200,8 @@ class PairStream(TileStream):
                 yield i, shard
 
     def _rows(self) -> Iterator[tuple[np.ndarray, int]]:
+        if self._remote():  # pixels come through the node-local cache, as TileStream's
+            self.cache = self.cache or ShardCache()
         order, mine = self._all_order(), self._mine()
         needed: dict[int, set[int]] = defaultdict(set)  # shard -> rows of my pairs in it
         uses: dict[tuple[int, int], int] = defaultdict(int)  # image -> my pairs still to emit
