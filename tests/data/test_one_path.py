@@ -188,6 +188,7 @@ def test_predict_with_a_mask_a_box_or_a_crop(dataset, source, checkpoints):
         "enhance": "clahe",
         "context_px": PARAMS.context_px,
         "resized_from": [],
+        "views": 1,
     }
     (item,) = with_mask["predictions"]
     assert item["roi"] == "mask"
