@@ -146,6 +146,7 @@ def prepare(
     test_fraction: float = 0.2,
     seed: int = 0,
     address: str | None = None,
+    max_pixels: int | None = None,
     log: Log | None = None,
 ) -> Dataset:
     """Turn a CBIS-DDSM or mini-MIAS folder into tile shards + ``manifest.json`` at ``out``,
@@ -164,6 +165,9 @@ def prepare(
         train_variants, tissue_tiles: random crops per training ROI; tissue tiles per image.
         val_fraction, test_fraction, seed: the patient split.
         address: a Ray cluster (default: a local Ray in this process).
+        max_pixels: the most pixels an image file may declare (default
+            ``$MAMMOTUNE_MAX_PIXELS``, else 100 million): larger files are skipped with
+            their reason before anything is decoded (decompression bombs).
         log: receives progress lines.
 
     Returns:
@@ -191,7 +195,9 @@ def prepare(
         test_fraction=test_fraction,
         seed=seed,
     )
-    plan = plan_prepare(_url(source), str(out), params, kind=source_kind)  # before Ray
+    plan = plan_prepare(  # before Ray
+        _url(source), str(out), params, kind=source_kind, max_pixels=max_pixels
+    )
     if plan.existing is None:
         images = sum(len(c["images"]) for c in plan.chunks)
         skipped = f" ({len(plan.skipped)} inputs skipped)" if plan.skipped else ""
@@ -203,6 +209,12 @@ def prepare(
         if dashboard:
             emit(f"Ray dashboard: {dashboard}")
     manifest = run_prepare(plan)
+    if manifest.get("reused") and manifest.get("max_pixels", plan.max_pixels) != plan.max_pixels:
+        emit(
+            f"note: {plan.out} was prepared with max_pixels {manifest['max_pixels']}, not "
+            f"{plan.max_pixels}; files it skipped as too large stay skipped (prepare into a "
+            "new folder to take them)"
+        )
     return Dataset.from_manifest(plan.out, manifest, reused=bool(manifest.get("reused")))
 
 
@@ -461,6 +473,8 @@ def predict(
     roi_mask: str | Path | None = None,
     roi_box: Sequence[int] | None = None,
     heatmap: str | Path | None = None,
+    expect_sha256: str | None = None,
+    max_pixels: int | None = None,
 ) -> Predictions:
     """Class probabilities for DICOM or image files, through the preprocessing the
     checkpoint was trained with (``mammotune predict``).
@@ -478,11 +492,17 @@ def predict(
             finding's tile.
         heatmap: a new or empty folder for Grad-CAM overlays over the tile the model saw,
             one PNG per file (checkpoints, final models, TorchScript bundles).
+        expect_sha256: an export bundle's SHA-256 (of its ``bundle.json``, as ``export``
+            printed it), from a place you trust: another bundle is refused before anything
+            in it is loaded.
+        max_pixels: the most pixels a file may declare (default ``$MAMMOTUNE_MAX_PIXELS``,
+            else 100 million); a larger one is refused before it is decoded.
 
     Raises:
         UserError: a missing argument, an unreadable checkpoint, bundle or file, a bundle
-            edited since export, a ROI for a whole-image model or for several files, a
-            heatmap folder that holds files or a heatmap from an ONNX bundle.
+            edited since export or not the one ``expect_sha256`` names, a ROI for a
+            whole-image model or for several files, a heatmap folder that holds files or a
+            heatmap from an ONNX bundle.
     """
     from tuner.results.predict import predict_files
 
@@ -505,6 +525,8 @@ def predict(
         roi_mask=None if roi_mask is None else str(roi_mask),
         roi_box=roi_box,
         heatmap=None if heatmap is None else str(heatmap),
+        expect_sha256=expect_sha256,
+        max_pixels=max_pixels,
     )
     return Predictions(
         checkpoint=result["checkpoint"],
@@ -526,7 +548,12 @@ def predict(
 
 
 # ----------------------------------------------------------------------- report, export
-def report(experiment: str | Path | Experiment | None = None, *, out: str | Path | None = None):
+def report(
+    experiment: str | Path | Experiment | None = None,
+    *,
+    out: str | Path | None = None,
+    study: str | None = None,
+):
     """Write an experiment's self-contained HTML report and ``model_card.json`` beside it
     (``mammotune report``); returns a :class:`tuner.Report`.
 
@@ -542,6 +569,9 @@ def report(experiment: str | Path | Experiment | None = None, *, out: str | Path
         experiment: the search's storage location, or an :class:`Experiment`.
         out: the HTML file to write (default ``EXP/reports/<UTC time>/report.html``; must
             not exist, nor ``model_card.json`` beside it).
+        study: the Optuna storage URL of a search run with ``study=`` (``--study``), for
+            the importance section. Without it only the copy the experiment holds
+            (``optuna.db``) is read: no database named inside the experiment is connected to.
 
     Raises:
         UserError: no experiment there, or ``out`` exists.
@@ -549,7 +579,7 @@ def report(experiment: str | Path | Experiment | None = None, *, out: str | Path
     from tuner.results.report import search_report
 
     _require("report", experiment=experiment)
-    return search_report(_url(experiment), None if out is None else str(out))
+    return search_report(_url(experiment), None if out is None else str(out), study=study)
 
 
 def export(model: Any = None, out: str | Path | None = None, *, format: str = "onnx"):
@@ -576,7 +606,8 @@ def export(model: Any = None, out: str | Path | None = None, *, format: str = "o
 
     _require("export", model=model, out=out)
     written = export_model(_url(model), str(out), fmt=format, log=logging.getLogger("tuner").info)
-    return open_bundle(written["url"])
+    # Reopened pinned to what was written: the digest printed is of these very bytes.
+    return open_bundle(written["url"], expect_sha256=written["sha256"])
 
 
 # ---------------------------------------------------------------------------- weights

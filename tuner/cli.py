@@ -153,6 +153,14 @@ def _prepare(commands) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the most pixels an image file may declare; larger files are refused before "
+        "decoding (default: MAMMOTUNE_MAX_PIXELS, else 100000000)",
+    )
     p.set_defaults(run=cmd_prepare)
 
 
@@ -174,6 +182,7 @@ def cmd_prepare(args) -> None:
         test_fraction=args.test_fraction,
         seed=args.seed,
         address=args.address,
+        max_pixels=args.max_pixels,
         log=console.print,
     )
     present.dataset(console, data)
@@ -457,6 +466,21 @@ def _predict(commands) -> None:
         default=None,
         help="write Grad-CAM overlays (PNG, over the tile the model saw) into this new folder",
     )
+    p.add_argument(
+        "--expect-sha256",
+        metavar="HEX",
+        default=None,
+        help="an export bundle's SHA-256 as export printed it, from a place you trust: any "
+        "other bundle is refused before it is loaded (a bundle is code)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the most pixels an image file may declare; larger files are refused before "
+        "decoding (default: MAMMOTUNE_MAX_PIXELS, else 100000000)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_predict)
 
@@ -471,6 +495,8 @@ def cmd_predict(args) -> None:
         roi_mask=args.roi_mask,
         roi_box=args.roi_box,
         heatmap=args.heatmap,
+        expect_sha256=args.expect_sha256,
+        max_pixels=args.max_pixels,
     )
     _show(args, result, present.predictions)
 
@@ -487,6 +513,13 @@ def _report(commands) -> None:
         help="HTML file to write, new (default: EXP/reports/<UTC time>/report.html); "
         "model_card.json is written beside it",
     )
+    p.add_argument(
+        "--study",
+        metavar="URL",
+        default=None,
+        help="the Optuna storage of a search run with --study (password in PGPASSWORD); "
+        "default: only the copy the experiment holds (optuna.db)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_report)
 
@@ -494,7 +527,7 @@ def _report(commands) -> None:
 def cmd_report(args) -> None:
     import tuner
 
-    _show(args, tuner.report(args.experiment, out=args.out), present.report)
+    _show(args, tuner.report(args.experiment, out=args.out, study=args.study), present.report)
 
 
 def _export(commands) -> None:
@@ -675,6 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         code = args.run(args)
     except UserError as exc:
         errors.print(f"mammotune {args.command}: error: {exc}")
+        return 2
+    except PermissionError as exc:  # a refusal no storage helper named (a library's own read)
+        reason = str(exc).splitlines()[0] if str(exc) else "permission denied"
+        errors.print(
+            f"mammotune {args.command}: error: access denied ({reason}); check the credentials "
+            "(AWS_ACCESS_KEY_ID, AWS_PROFILE or the instance role) and the folder's permissions"
+        )
         return 2
     except KeyboardInterrupt:
         errors.print("interrupted")

@@ -8,12 +8,14 @@ and reads the token as Ray documents it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from collections.abc import Callable
 
 from tuner.errors import UserError
+from tuner.redaction import mask_url_secrets
 
 __all__ = ["connect", "use_given_token", "check_reachable", "check_gpus", "publish_node_types"]
 
@@ -64,7 +66,8 @@ def connect(address: str | None = None) -> str:
     try:
         # "local" starts a new in-process cluster even when `ray start` left one (or a stale
         # record of one) on this machine: a cluster is joined only when asked for.
-        context = ray.init(address=address or "local", logging_level=logging.WARNING)
+        with _masked_entrypoint():
+            context = ray.init(address=address or "local", logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         if _refused_token(exc):
             raise UserError(
@@ -77,6 +80,24 @@ def connect(address: str | None = None) -> str:
         ) from None
     url = getattr(context, "dashboard_url", "") or ""
     return f"http://{url}" if url and not url.startswith("http") else url
+
+
+@contextlib.contextmanager
+def _masked_entrypoint():
+    """Ray records the driver's command line as its job's entrypoint, which the dashboard
+    and the Jobs API show to anyone with access: with URL passwords masked (``--study
+    postgresql://user:pw@...``). Ray reads it through this one function when it connects."""
+    import ray._private.utils as ray_utils
+
+    original = getattr(ray_utils, "get_entrypoint_name", None)
+    if original is None:  # a Ray without it: tests/cluster/test_secrets.py would say so
+        yield
+        return
+    ray_utils.get_entrypoint_name = lambda: mask_url_secrets(original())
+    try:
+        yield
+    finally:
+        ray_utils.get_entrypoint_name = original
 
 
 def _refused_token(exc: BaseException) -> bool:
@@ -208,7 +229,10 @@ def publish_node_types(config: dict | str | os.PathLike, address: str | None = N
         group.max_count = int(spec.get("max_workers", config.get("max_workers", 0)))
         workers += 1
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR")
+        with _masked_entrypoint():
+            ray.init(
+                address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR"
+            )
     _internal_kv_put(
         GCS_AUTOSCALER_CLUSTER_CONFIG_KEY,
         cluster.SerializeToString(),

@@ -18,13 +18,37 @@ import time
 from collections.abc import Callable
 
 from tuner.errors import UserError
+from tuner.redaction import has_url_secret
 
-__all__ = ["submit", "follow", "check_env"]
+__all__ = ["submit", "follow", "check_env", "check_command"]
 
 # Environment variables a job must not carry: secrets belong to the cluster, not to jobs
 # (job specs are readable by anyone with dashboard access).
 SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$", re.I)
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def check_command(command: list[str]) -> None:
+    """Refuse a job command that carries a password: a job's entrypoint is shown on the Ray
+    dashboard and kept by its Jobs API for anyone with access to read.
+
+    Raises:
+        UserError: naming the argument's position, not its value.
+    """
+    for i, arg in enumerate(command):
+        if has_url_secret(arg):
+            # Named by its flag or position, never by its text: that holds the password.
+            if arg.startswith("-") and "=" in arg:
+                where = arg.split("=", 1)[0]
+            elif i and command[i - 1].startswith("-"):
+                where = command[i - 1]
+            else:
+                where = f"argument {i + 1}"
+            raise UserError(
+                f"the job's command carries a password in a URL ({where}): jobs' commands "
+                "are shown on the Ray dashboard; give the URL without it and the password to "
+                "the cluster's nodes (PGPASSWORD or ~/.pgpass)"
+            )
 
 
 def check_env(pairs: list[str]) -> dict[str, str]:
@@ -38,7 +62,7 @@ def check_env(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--env {pair!r} is not KEY=VALUE")
-        if SECRET.search(key):
+        if SECRET.search(key) or has_url_secret(value):
             raise UserError(
                 f"--env {key}: secrets are not shipped with jobs; give the cluster's nodes their "
                 "credentials (instance role, Kubernetes secret, or their environment)"
@@ -87,6 +111,7 @@ def submit(
         raise UserError("nothing to submit; give the command after --, e.g. -- search --space ...")
     if command[0] in ("submit", "mammotune"):
         raise UserError("give the mammotune command without `mammotune`, e.g. -- search ...")
+    check_command(command)
     if not os.path.isdir(working_dir):
         raise UserError(f"--working-dir {working_dir} is not a folder")
     client = _client(address)

@@ -380,3 +380,8 @@ def bundle(console: Console, result) -> None:
         soft_wrap=True,
     )
     console.print(f"files: {', '.join(meta['files'])}, bundle.json", soft_wrap=True)
+    console.print(
+        f"sha256 {result.sha256} (of bundle.json, which pins every file): keep it where the "
+        "bundle's users can trust it; predict --expect-sha256 refuses any other bundle",
+        soft_wrap=True,
+    )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -19,6 +21,9 @@ __all__ = [
     "normalize",
     "filesystem",
     "join",
+    "join_under",
+    "check_sha256",
+    "denied",
     "is_local",
     "is_process_local",
     "check_location",
@@ -133,20 +138,77 @@ def check_writable(url: str) -> None:
     probe = join(url, f".mammotune-probe-{uuid.uuid4().hex}")
     fs, path = filesystem(probe)
     try:
-        write_bytes(probe, b"")
-        fs.rm(path)
-    except PermissionError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "permission denied"
-        raise UserError(
-            f"cannot write to {normalize(url)} ({reason}); choose a location you can write to"
-        ) from None
+        with denied(url, "write to"):
+            if is_local(url):
+                os.makedirs(posixpath.dirname(path), exist_ok=True)
+            fs.pipe_file(path, b"")
+            fs.rm(path)
     except OSError as exc:
         raise UserError(f"cannot write to {normalize(url)} ({exc})") from None
 
 
 def join(url: str, *parts: str) -> str:
-    """Join path parts onto a URL with ``/`` (also for local paths)."""
+    """Join path parts onto a URL with ``/`` (also for local paths).
+
+    For parts the program chose. A part read from a file (a bundle's file list, a final
+    model's members, a manifest's shard paths, a CSV's image paths) goes through
+    :func:`join_under`, which keeps it inside ``url``.
+    """
     return posixpath.join(normalize(url), *parts)
+
+
+def join_under(base: str, part: str, *, what: str = "path") -> str:
+    """``part``, a relative path read from a file's content, joined under ``base``.
+
+    The part is normalised first (``a/./b`` is ``a/b``; backslashes are separators) and
+    refused when it is empty, absolute (``/etc/passwd``, ``C:\\x``, ``\\\\host\\x``), has a
+    scheme (``s3://``, ``file:``) or climbs out (``..``): whoever wrote the file must not
+    choose what outside ``base`` is read or written.
+
+    Raises:
+        UserError: naming ``what`` and the part.
+    """
+    from tuner.errors import UserError
+
+    text = str(part)
+    cleaned = posixpath.normpath(text.replace("\\", "/")) if text else ""
+    if (
+        not text
+        or "\x00" in text
+        or cleaned in ("", ".")
+        or cleaned.startswith(("/", "../"))
+        or cleaned == ".."
+        or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text)  # a scheme or a drive letter
+    ):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise UserError(
+            f"{what} {shown!r} in a file under {normalize(base)} is not a relative path inside "
+            "it; the file was edited or damaged: make it again (nothing was read or written)"
+        )
+    return join(base, cleaned)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(value: object, *, what: str = "SHA-256") -> str:
+    """``value`` if it is a SHA-256 hex digest (64 lowercase hex digits), for digests read
+    from a file that then name a file (a cache entry).
+
+    Raises:
+        UserError: anything else.
+    """
+    from tuner.errors import UserError
+
+    if isinstance(value, str) and _HEX64.fullmatch(value):
+        return value
+    shown = repr(value)[:80]
+    fix = (
+        "give the 64 hex digits export printed"
+        if what.startswith("--")
+        else "the file was edited or damaged"
+    )
+    raise UserError(f"{what} {shown} is not a SHA-256 hex digest; {fix}")
 
 
 class Folder:
@@ -157,7 +219,8 @@ class Folder:
         self.fs, self.path = filesystem(self.root)
         if files is None:
             check_location(self.root, must_exist=True)
-            files = self.fs.find(self.path)
+            with denied(self.root, "list"):
+                files = self.fs.find(self.path)
         self.files = sorted(files)
 
     def url(self, path: str) -> str:
@@ -165,18 +228,38 @@ class Folder:
         return path if is_local(self.root) else self.fs.unstrip_protocol(path)
 
     def read(self, path: str) -> bytes:
-        with self.fs.open(path, "rb") as f:
+        with denied(self.url(path)), self.fs.open(path, "rb") as f:
             return f.read()
+
+
+@contextmanager
+def denied(url: str, doing: str = "read"):  # or "write to", "list"
+    """Turn a refused request for ``url`` (an object store's 403, a folder's mode) into one
+    line that names it and the fix, instead of a traceback.
+
+    S3 answers 403, not 404, to a HEAD on a missing key for a user without ``s3:ListBucket``,
+    so even asking whether something exists can be refused.
+    """
+    from tuner.errors import UserError
+
+    try:
+        yield
+    except PermissionError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "permission denied"
+        fix = "choose a location you can write to" if doing == "write to" else _CREDENTIALS
+        raise UserError(f"cannot {doing} {normalize(url)} ({reason}); {fix}") from None
 
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return fs.exists(path)
+    with denied(url):
+        return fs.exists(path)
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    return fs.cat_file(path)
+    with denied(url):
+        return fs.cat_file(path)
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -187,14 +270,15 @@ def write_bytes(url: str, data: bytes) -> None:
     """
     fs, path = filesystem(url)
     parent = posixpath.dirname(path)
-    if is_local(url):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    with denied(url, "write to"):
+        if is_local(url):
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
 
 
 def read_json(url: str) -> Any:

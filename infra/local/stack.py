@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A real multi-node Ray cluster and an S3-protocol server on one machine, for development
 and tests: a Ray head and a Ray worker node (separate ``ray start`` processes, each with its
-own ports, CPUs and shard cache) and moto's standalone S3 server, all on loopback where Ray
-allows it, with Ray's token authentication on.
+own ports, CPUs and shard cache) and moto's standalone S3 server, every one of them (Ray's
+GCS, raylets, object managers, agents, metrics exporters, dashboard, client server) listening
+on 127.0.0.1 only, with Ray's token authentication on.
 
     python infra/local/stack.py up            # prints what to source
     source .mammotune-stack/env.sh            # RAY_ADDRESS, RAY_AUTH_MODE=token, token, S3
@@ -18,6 +19,14 @@ With Debian's ``prometheus`` on PATH it also starts Prometheus with the project'
 the node types of ``infra/aws/cluster.yaml`` on this machine (Ray's fake multi-node provider)
 as trials queue for them, and removes them when idle.
 
+Ray binds its servers to a node's IP address only when that address is 127.0.0.1, and on
+Linux it turns 127.0.0.1 (``--node-ip-address``, ``--address``) into the machine's network
+address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` ("this machine alone": loopback). The
+stack sets it for every node and client (``env.sh``); only the worker node's ``ray start``,
+which refuses to join a cluster in that mode, runs through :data:`LOOPBACK_WORKER`.
+
+The token file is made 0600 when it is created; ``env.sh`` quotes every value for the shell.
+
 It needs the test extras (``pip install -e ".[test]"``: moto's server). ``down`` stops the
 processes this stack started (and their children) by PID, never every Ray
 process on the machine by name, so another Ray cluster on the same machine is left alone.
@@ -32,6 +41,7 @@ import os
 import random
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -54,6 +64,21 @@ NODE_PORTS = (
     "runtime-env-agent-port",
     "node-manager-port",
     "object-manager-port",
+)
+# Ray's switch for a machine that is a cluster of its own: node and bootstrap addresses stay
+# 127.0.0.1 (ray._private.services.get_node_ip_address), and so Ray's GCS, raylet, object
+# manager, core workers, dashboard agent, runtime-env agent and metrics exporter bind
+# 127.0.0.1 instead of every interface.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# `ray start --address` for the worker node: in loopback mode the CLI refuses to join a
+# cluster ("Multi-node Ray clusters are not supported on Windows and OSX"), and with the mode
+# off it would resolve 127.0.0.1 to the machine's address, which the head does not listen on.
+# This runs Ray's own CLI with the refusal lifted and the node's address left at 127.0.0.1,
+# in this one process: the node's processes inherit the loopback mode from the environment.
+LOOPBACK_WORKER = (
+    "import sys; import ray._private.ray_constants as c; import ray._private.services as s; "
+    "c.ENABLE_RAY_CLUSTER = True; s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
 )
 
 
@@ -178,6 +203,19 @@ def fake_autoscaling_config(
     }
 
 
+def write_token(path: Path) -> None:
+    """A new random token in ``path``, the file created 0600 (never readable by others, not
+    even for a moment); an existing token is kept, and made 0600 if it was not."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         process = psutil.Process(pid)
@@ -253,8 +291,13 @@ class LocalStack:
             "RAY_AUTH_TOKEN_PATH": str(self.directory / "auth_token"),
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "RAY_USAGE_STATS_ENABLED": "0",
+            **LOOPBACK,  # or a driver's ray.init turns 127.0.0.1 into the machine's address
         }
         return env
+
+    def env_sh(self) -> str:
+        """:meth:`client_env` as shell ``export`` lines, every value quoted."""
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.client_env().items())
 
     def node_env(self, node: str) -> dict[str, str]:
         """A node's environment: the client's, its own shard cache, quicker metric reports."""
@@ -303,16 +346,13 @@ class LocalStack:
             prometheus = shutil.which("prometheus") is not None
         if self.state and any(_tree(p) for p in self.pids()):
             raise StackError(f"a stack is already running from {self.directory}; run `down`")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         base_env = dict(os.environ if env is None else env)
         base_env.setdefault("AWS_ACCESS_KEY_ID", "mammotune-local")
         base_env.setdefault("AWS_SECRET_ACCESS_KEY", "mammotune-local")
         base_env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         self._env = base_env  # kept in memory only: it may hold credentials
-        token = self.directory / "auth_token"
-        if not token.exists():
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
+        write_token(self.directory / "auth_token")
         # Ray's socket paths must stay under ~107 characters: a short folder of its own.
         temp_dir = tempfile.mkdtemp(prefix="mt-ray-", dir="/tmp")
         ports = allocate_ports()
@@ -343,8 +383,7 @@ class LocalStack:
         except BaseException:
             self.down()
             raise
-        env_sh = "".join(f"export {k}={v}\n" for k, v in self.client_env().items())
-        (self.directory / "env.sh").write_text(env_sh)
+        (self.directory / "env.sh").write_text(self.env_sh())
         return self
 
     def _start_s3(self, buckets, env: dict, timeout: float) -> None:
@@ -424,7 +463,12 @@ class LocalStack:
     def _ray_start(self, node: str, cpus: int, object_store_mb: int) -> list[str]:
         ports = self.state["ports"]
         own = ports[node]
-        command = [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}", "--num-gpus=0"]
+        if node == "head":
+            command = [str(BIN / "ray")]
+        else:
+            command = [str(BIN / "python"), "-c", LOOPBACK_WORKER]
+        command += ["start", "--block", f"--num-cpus={cpus}", "--num-gpus=0"]
+        command += ["--node-ip-address=127.0.0.1"]
         # Each node its own temp dir, as on separate machines: nodes on one machine sharing
         # one would share (and delete each other's) runtime-env files such as a job's
         # working directory.
@@ -578,7 +622,7 @@ class LocalStack:
             f"  S3 endpoint:    {self.s3_endpoint}",
             f"  metrics:        {', '.join(self.metrics_targets())}",
             f"  Prometheus:     {self.prometheus or 'not started (no prometheus on PATH)'}",
-            f"  source {self.directory / 'env.sh'}",
+            f"  source {shlex.quote(str(self.directory / 'env.sh'))}",
         ]
         return "\n".join(lines)
 

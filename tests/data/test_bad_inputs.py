@@ -172,9 +172,22 @@ def test_no_patient_data_leaves_the_source(source, tmp_path, ray_local, capfd):
         == 0
     )
     assert main(["best", str(experiment)]) == 0
+    # Everything a model's results pass through: report, export, evaluate, predict.
+    results = tmp_path / "results"
+    assert main(["report", str(experiment), "--out", str(results / "report.html")]) == 0
+    assert main(["export", str(experiment), str(results / "bundle")]) == 0
+    evaluated = ["evaluate", str(experiment), "--data", str(dataset), "--split", "val"]
+    assert main([*evaluated, "--report", str(results / "evaluation")]) == 0
+    film = next(iter(index.values()))[0]  # a full mammogram with every identifying field
+    from tuner.results.leaderboard import leaderboard
+
+    for model in (leaderboard(str(experiment)).best.checkpoint, results / "bundle"):
+        assert main(["predict", str(model), film, "--json"]) == 0
     logs = capfd.readouterr()
-    seen = _every_text(dataset) + _every_text(experiment) + logs.out + logs.err
+    seen = _every_text(dataset) + _every_text(experiment) + _every_text(results)
+    seen += logs.out + logs.err
     assert (dataset / "manifest.json").exists() and list(experiment.rglob("state.pt"))
+    assert (results / "report.html").exists() and (results / "evaluation").is_dir()
     for value in IDENTIFYING.values():
         for form in {value, value.replace("^", " "), value.split("^")[0]}:
             assert form not in seen, form

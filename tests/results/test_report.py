@@ -180,4 +180,39 @@ def test_a_bucket_experiments_study_is_read_from_its_snapshot_copy(experiment, b
     assert [t.params for t in study.trials] == [t.params for t in original.trials]
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "mammotune-study-*"))) == before
     study, why = _study({**meta, "study": {**meta["study"], **gone}}, f"{bucket}/elsewhere")
-    assert study is None and "not reachable" in why
+    assert study is None and "holds no copy" in why
+
+
+def test_the_report_connects_only_to_a_database_the_user_names(
+    experiment, postgres, tmp_path, monkeypatch
+):
+    """An edited search.json naming a database must not send this machine's PGPASSWORD
+    there: the report reads the experiment's own copy of the study, or a URL given to it."""
+    import optuna
+
+    from tuner.results.report import _study
+
+    meta = json.loads((experiment / "search.json").read_text())
+    name = meta["study"]["name"]
+    moved = tmp_path / "exp"
+    moved.mkdir()
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    optuna.copy_study(
+        from_study_name=name,
+        from_storage=meta["study"]["storage"],
+        to_storage=postgres.url,
+        to_study_name=name,
+    )
+    # The URL in the file is a database of the user's: still not connected to unasked.
+    edited = {**meta, "study": {"storage": postgres.url, "name": name}}
+    study, why = _study(edited, str(moved))
+    assert study is None and "read only when named" in why and postgres.password not in why
+    study, why = _study(edited, str(moved), postgres.url)
+    assert why is None and len(study.trials) == len(
+        optuna.load_study(study_name=name, storage=meta["study"]["storage"]).trials
+    )
+    # A wrong password in a named URL: a note, the password masked.
+    wrong = postgres.url.replace("mammotune@", "mammotune:wrong-pw@")
+    monkeypatch.delenv("PGPASSWORD")
+    study, why = _study(edited, str(moved), wrong)
+    assert study is None and "wrong-pw" not in why and "***" in why

@@ -43,7 +43,7 @@ class ShardCache:
         """A local file holding the shard at ``url`` (downloaded once per node)."""
         if storage.is_local(url) or storage.is_process_local(url):
             return url  # already local (or only visible in this process): read in place
-        target = self.directory / f"{sha256}.parquet"
+        target = self.directory / f"{storage.check_sha256(sha256)}.parquet"
         if target.exists():
             return str(target)
         with FileLock(str(target) + ".lock"):
@@ -61,7 +61,7 @@ class ShardCache:
 
     def evict(self, url: str, sha256: str, reason: str) -> None:
         """Drop a bad local copy (it is fetched again on the next read)."""
-        target = self.directory / f"{sha256}.parquet"
+        target = self.directory / f"{storage.check_sha256(sha256)}.parquet"
         if target.exists():
             warnings.warn(
                 f"cached shard {target} is corrupt ({reason}); fetching it again", stacklevel=2

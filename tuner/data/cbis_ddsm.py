@@ -290,17 +290,21 @@ class CbisDdsmSource:
         return {"files": sorted(set(index.get(a.roi_series, []) + index.get(a.crop_series, [])))}
 
     @staticmethod
-    def load_image(url: str) -> np.ndarray:
-        """Decode a full mammogram (bright = dense; see :func:`tuner.data.dicom.decode`)."""
+    def load_image(url: str, *, max_pixels: int | None = None) -> np.ndarray:
+        """Decode a full mammogram (bright = dense; see :func:`tuner.data.dicom.decode`);
+        ``max_pixels``: the pixel cap (see :func:`tuner.data.limits.pixel_cap`)."""
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as f:
-            return read_image(f, name=posixpath.basename(url))
+            return read_image(f, name=posixpath.basename(url), max_pixels=max_pixels)
 
     @staticmethod
-    def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    def load_mask(
+        roi: dict, shape: tuple[int, int], *, max_pixels: int | None = None
+    ) -> tuple[np.ndarray | None, str]:
         """The finding's ROI mask at ``shape``, found among its files by content (a mask has
         two values; a cropped ROI is greyscale), never by file name or CSV column, and fitted
         to the image by :func:`tuner.data.preprocess.fit_mask` (as predict fits a mask file).
+        Each file is decoded within the pixel cap ``max_pixels``.
 
         Returns:
             (mask or None, note): the note says what was rescaled, or why there is no mask.
@@ -311,7 +315,7 @@ class CbisDdsmSource:
         for url in roi["files"]:
             fs, path = storage.filesystem(url)
             with fs.open(path, "rb") as f:
-                pixels = read_image(f, name=posixpath.basename(url))
+                pixels = read_image(f, name=posixpath.basename(url), max_pixels=max_pixels)
             if is_mask(pixels):
                 masks.append(pixels)
         if not masks:

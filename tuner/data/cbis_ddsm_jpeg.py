@@ -29,6 +29,7 @@ import pandas as pd
 
 from tuner import storage
 from tuner.data.cbis_ddsm import Abnormality, CbisDdsmSource
+from tuner.data.limits import check_pixels, jpeg_size
 from tuner.data.preprocess import fit_mask, is_lossy_mask
 from tuner.data.records import ROI_FILES_MISSING
 from tuner.errors import UserError
@@ -42,17 +43,23 @@ FULL, CROP, MASK = "full mammogram images", "cropped images", "ROI mask images"
 _JPEG = (".jpg", ".jpeg")
 
 
-def decode_jpeg(data: bytes, *, name: str) -> np.ndarray:
-    """Decode one JPEG to a greyscale uint8 array.
+def decode_jpeg(data: bytes, *, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one JPEG to a greyscale uint8 array, once its frame header's size is within
+    the pixel cap ``max_pixels`` (see :func:`tuner.data.limits.pixel_cap`).
 
     Raises:
-        UserError: not a JPEG, or truncated (libjpeg would fill the missing rows with grey
-            and carry on; a missing end-of-image marker is refused instead).
+        UserError: not a JPEG, truncated (libjpeg would fill the missing rows with grey
+            and carry on; a missing end-of-image marker is refused instead), or declaring
+            more pixels than the cap.
     """
     if not data.startswith(b"\xff\xd8"):
         raise UserError(f"{name}: not a JPEG file (no start-of-image marker)")
     if b"\xff\xd9" not in data[-64:]:  # a few bytes of padding may follow the marker
         raise UserError(f"{name}: truncated JPEG (no end-of-image marker)")
+    size = jpeg_size(data)
+    if size is None:
+        raise UserError(f"{name}: JPEG data that does not decode (no frame header)")
+    check_pixels(size[1], size[0], what=name, max_pixels=max_pixels)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise UserError(f"{name}: JPEG data that does not decode")
@@ -188,15 +195,19 @@ class CbisDdsmJpegSource(CbisDdsmSource):
         return {"files": files, "descriptions": descriptions}
 
     @staticmethod
-    def load_image(url: str) -> np.ndarray:
-        """Decode a full mammogram JPEG (8-bit, bright = dense)."""
-        return decode_jpeg(storage.read_bytes(url), name=posixpath.basename(url))
+    def load_image(url: str, *, max_pixels: int | None = None) -> np.ndarray:
+        """Decode a full mammogram JPEG (8-bit, bright = dense) within the pixel cap."""
+        data = storage.read_bytes(url)
+        return decode_jpeg(data, name=posixpath.basename(url), max_pixels=max_pixels)
 
     @staticmethod
-    def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    def load_mask(
+        roi: dict, shape: tuple[int, int], *, max_pixels: int | None = None
+    ) -> tuple[np.ndarray | None, str]:
         """The finding's ROI mask at ``shape``: the JPEG ``dicom_info.csv`` calls the ROI
         mask, else the one whose content is a (lossy) mask; thresholded at mid-grey and
-        fitted like a DICOM mask (:func:`tuner.data.preprocess.fit_mask`)."""
+        fitted like a DICOM mask (:func:`tuner.data.preprocess.fit_mask`). Each file is
+        decoded within the pixel cap ``max_pixels``."""
         files = roi.get("files", [])
         if not files:
             return None, ROI_FILES_MISSING
@@ -205,7 +216,8 @@ class CbisDdsmJpegSource(CbisDdsmSource):
         for url, description in zip(files, descriptions, strict=True):
             if description == CROP:
                 continue
-            pixels = decode_jpeg(storage.read_bytes(url), name=posixpath.basename(url))
+            data = storage.read_bytes(url)
+            pixels = decode_jpeg(data, name=posixpath.basename(url), max_pixels=max_pixels)
             if description == MASK or is_lossy_mask(pixels):
                 masks.append(((pixels > 127) * 255).astype(np.uint8))
         if not masks:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuner import storage
+from tuner.data.limits import decode_image
 from tuner.data.records import Finding, ImageRecord
 from tuner.data.splits import assign_splits
 from tuner.errors import UserError
@@ -165,19 +166,21 @@ class MiniMiasSource:
         return list(images.values()), skipped, report
 
     @staticmethod
-    def load_image(url: str) -> np.ndarray:
-        """Decode a PGM mammogram (its 8-bit values, bright = dense)."""
-        import cv2
-
-        data = storage.read_bytes(url)
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    def load_image(url: str, *, max_pixels: int | None = None) -> np.ndarray:
+        """Decode a PGM mammogram (its 8-bit values, bright = dense), once the size its
+        header declares is within the pixel cap (see :func:`tuner.data.limits.pixel_cap`)."""
+        name = posixpath.basename(url)
+        pixels = decode_image(storage.read_bytes(url), what=name, max_pixels=max_pixels)
         if pixels is None or pixels.ndim != 2 or pixels.size == 0:
-            raise UserError(f"{posixpath.basename(url)}: not a readable greyscale PGM image")
+            raise UserError(f"{name}: not a readable greyscale PGM image")
         return pixels
 
     @staticmethod
-    def load_mask(roi: dict, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-        """The finding's circle as a mask, or None when Info.txt gives no coordinates."""
+    def load_mask(
+        roi: dict, shape: tuple[int, int], *, max_pixels: int | None = None
+    ) -> tuple[np.ndarray | None, str]:
+        """The finding's circle as a mask, or None when Info.txt gives no coordinates
+        (``max_pixels``, as every source takes it: no file is decoded here)."""
         import cv2
 
         if not roi:

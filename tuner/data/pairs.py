@@ -30,7 +30,7 @@ from torch.utils.data import get_worker_info
 from tuner import storage
 from tuner.data import shards
 from tuner.data.cache import ShardCache
-from tuner.data.stream import TileStream
+from tuner.data.stream import TileStream, shard_url
 
 __all__ = ["Pair", "pair_breasts", "breast_key", "PairStream", "CC"]
 
@@ -118,7 +118,7 @@ class PairStream(TileStream):
     def _label_columns(self, shard: dict, columns: list[str]):
         """Some columns of a shard, read from storage with Parquet's column projection:
         planning needs no pixels, so a search's driver fetches no shard whole."""
-        fs, path = storage.filesystem(storage.join(self.dataset, shard["path"]))
+        fs, path = storage.filesystem(shard_url(self.dataset, shard))
         with fs.open(path, "rb") as f:
             return shards.decode(f, columns=columns)
 

@@ -26,10 +26,11 @@ import numpy as np
 
 import tuner
 from tuner import storage
-from tuner.data import preprocess, shards
+from tuner.data import limits, preprocess, shards
 from tuner.data.records import ROI_FILES_MISSING, Finding, ImageRecord, worst_finding
 from tuner.data.sources import open_source, source_class
 from tuner.data.splits import SPLITS
+from tuner.data.synthetic import MARKER as SYNTH_MARKER
 from tuner.errors import UserError, unknown_choice
 
 __all__ = [
@@ -128,6 +129,10 @@ class PreparePlan:
     skipped: list[dict]
     leakage: dict
     existing: dict | None  # the manifest, when ``out`` already holds this dataset
+    # The most pixels a file may declare (tuner.data.limits): a safety setting, not a
+    # parameter of the dataset, so it is outside the dataset id.
+    max_pixels: int = limits.MAX_PIXELS
+    synthetic: bool = False  # the source is a synthetic dataset (synth.json beside it)
 
 
 def _chunks(images: list[ImageRecord], params: PrepareParams, dataset_id: str) -> list[dict]:
@@ -175,6 +180,7 @@ def _tile_image(
     rows: dict,
     skipped: list,
     notes: list,
+    max_pixels: int | None = None,
 ) -> int | None:
     """Every tile of one image, appended to ``rows[(view, enhance, size)]``: each one made
     by :func:`preprocess.model_inputs`, the path predict takes too.
@@ -189,7 +195,7 @@ def _tile_image(
             skipped.append({"item": label, "reason": ROI_FILES_MISSING})
         return None
     try:
-        decoded = source.load_image(image.url)
+        decoded = source.load_image(image.url, max_pixels=max_pixels)
         mammogram = preprocess.SourceImage(decoded)
     except UserError as exc:  # unreadable, or blank (no breast region)
         skipped.append({"item": image.image_id, "reason": str(exc)})
@@ -212,7 +218,7 @@ def _tile_image(
         for finding in image.findings:
             label = f"{image.image_id}/{finding.abnormality_id}"
             try:
-                mask, note = source.load_mask(finding.roi, mammogram.shape)
+                mask, note = source.load_mask(finding.roi, mammogram.shape, max_pixels=max_pixels)
             except UserError as exc:
                 mask, note = None, str(exc)
             if mask is None:
@@ -293,7 +299,9 @@ def _keep_large_arrays_on_the_heap() -> None:
         pass
 
 
-def _process_chunk(row: dict, *, kind: str, out: str, params_json: str) -> dict:
+def _process_chunk(
+    row: dict, *, kind: str, out: str, params_json: str, max_pixels: int | None = None
+) -> dict:
     """Ray Data task: tile one chunk of images and write one shard per tile kind."""
     import cv2
 
@@ -308,7 +316,14 @@ def _process_chunk(row: dict, *, kind: str, out: str, params_json: str) -> dict:
     skipped, notes, depths = [], [], []
     for data in chunk["images"]:
         bits = _tile_image(
-            ImageRecord.from_dict(data), chunk["split"], params, source, rows, skipped, notes
+            ImageRecord.from_dict(data),
+            chunk["split"],
+            params,
+            source,
+            rows,
+            skipped,
+            notes,
+            max_pixels,
         )
         if bits is not None:
             depths.append(bits)
@@ -376,16 +391,26 @@ def _existing(out: str, dataset_id: str) -> dict | None:
 
 
 def plan_prepare(
-    source: str, out: str, params: PrepareParams = PrepareParams(), *, kind: str | None = None
+    source: str,
+    out: str,
+    params: PrepareParams = PrepareParams(),
+    *,
+    kind: str | None = None,
+    max_pixels: int | None = None,
 ) -> PreparePlan:
     """Read the source's annotations and file list, split patients and check the output.
     Needs no Ray and writes nothing.
+
+    Args:
+        max_pixels: the most pixels an image file may declare (default
+            ``$MAMMOTUNE_MAX_PIXELS``, else 100 MP): larger ones are skipped undecoded.
 
     Raises:
         UserError: missing or unrecognised source, bad params, a bucket that does not exist
             or denies access, or ``out`` holds something else.
     """
     params.validate()
+    cap = limits.pixel_cap(max_pixels)  # read here, so that workers get it as a value
     out = storage.normalize(out)
     opened = open_source(source, kind)
     if params.context_px is None:
@@ -410,6 +435,8 @@ def plan_prepare(
         skipped=skipped,
         leakage=leakage,
         existing=_existing(out, dataset_id),
+        max_pixels=cap,
+        synthetic=storage.exists(storage.join(opened.root, SYNTH_MARKER)),
     )
 
 
@@ -429,7 +456,12 @@ def run_prepare(plan: PreparePlan) -> dict:
     record = lambda chunk: storage.join(out, _WORK, chunk["key"] + ".json")  # noqa: E731
     done = {c["key"] for c in plan.chunks if storage.exists(record(c))}
     pending = [{"chunk": json.dumps(c)} for c in plan.chunks if c["key"] not in done]
-    work = {"kind": plan.kind, "out": out, "params_json": json.dumps(plan.params.to_json())}
+    work = {
+        "kind": plan.kind,
+        "out": out,
+        "params_json": json.dumps(plan.params.to_json()),
+        "max_pixels": plan.max_pixels,
+    }
     if pending and (storage.is_process_local(out) or storage.is_process_local(plan.source)):
         for item in pending:
             _process_chunk(item, **work)
@@ -452,6 +484,7 @@ def run_prepare(plan: PreparePlan) -> dict:
     results = [storage.read_json(record(c)) for c in plan.chunks]
     manifest = _manifest(plan, results)
     manifest["seconds"] = round(time.perf_counter() - started, 1)
+    manifest["max_pixels"] = plan.max_pixels
     manifest["resumed_chunks"] = len(done)
     storage.write_json(storage.join(out, MANIFEST), manifest)  # the commit point
     fs, _ = storage.filesystem(out)
@@ -541,6 +574,8 @@ def _manifest(plan: PreparePlan, results: list[dict]) -> dict:
             "bit_depth": max((r["bit_depth"] for r in results if r.get("bit_depth")), default=None),
             "url": plan.source,
             "fingerprint": plan.fingerprint,
+            # Read from the source when planning, so that nothing later follows "url".
+            "synthetic": plan.synthetic,
         },
         "params": plan.params.to_json(),
         "params_hash": hashlib.sha256(json.dumps(plan.params.to_json()).encode()).hexdigest()[:16],

@@ -2,7 +2,9 @@
 tiles by (``preprocess.SourceImage`` and ``preprocess.model_inputs``), so a model is fed
 exactly what it was trained on.
 
-DICOM goes through prepare's decoder; PNG, PGM, JPEG and TIFF through OpenCV (8- or 16-bit).
+DICOM goes through prepare's decoder; PNG, PGM, JPEG and TIFF (and BMP) through OpenCV (8- or
+16-bit). Either way the size a file's header declares is checked against the pixel cap
+(:mod:`tuner.data.limits`, ``max_pixels``) before anything is decoded.
 ``whole``: the file is a mammogram, and the model sees the whole breast. ``roi``: the file is
 a mammogram and the finding is given as a mask file (CBIS-DDSM's ROI mask DICOM, a PNG, or
 the JPEG edition's lossy mask; fitted to the image as prepare fits masks) or a box, and the
@@ -20,18 +22,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tuner.data import dicom, preprocess
+from tuner.data import dicom, limits, preprocess
 from tuner.data.preprocess import Box, Preprocessing, SourceImage
 from tuner.errors import UserError
 
 __all__ = ["read_pixels", "model_input", "breast_views"]
 
 
-def read_pixels(path: str | Path) -> np.ndarray:
+def read_pixels(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """The pixels of a DICOM or ordinary image file, greyscale.
 
+    Args:
+        max_pixels: the most pixels the file may declare (default: ``MAMMOTUNE_MAX_PIXELS``
+            or 100 million; see :func:`tuner.data.limits.pixel_cap`), checked before
+            decoding.
+
     Raises:
-        UserError: the file is missing or is neither a readable DICOM nor an image.
+        UserError: the file is missing, is neither a readable DICOM nor an image, or
+            declares more pixels than the cap.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,11 +47,12 @@ def read_pixels(path: str | Path) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(132)
     if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
-        return dicom.read_image(str(path), name=path.name)
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        return dicom.read_image(str(path), name=path.name, max_pixels=max_pixels)
+    # The header's size is checked before OpenCV decodes (not OpenCV's own 2^30 limit).
+    pixels = limits.decode_image(path.read_bytes(), what=path.name, max_pixels=max_pixels)
     if pixels is None:
         try:  # DICOM without the preamble, under any name
-            return dicom.read_image(str(path), name=path.name)
+            return dicom.read_image(str(path), name=path.name, max_pixels=max_pixels)
         except UserError:
             raise UserError(
                 f"cannot read {path}: not a DICOM file nor an image OpenCV can decode "
@@ -55,8 +64,10 @@ def read_pixels(path: str | Path) -> np.ndarray:
     return pixels
 
 
-def _mask_from_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    pixels = read_pixels(path)
+def _mask_from_file(
+    path: str | Path, shape: tuple[int, int], *, max_pixels: int | None = None
+) -> np.ndarray:
+    pixels = read_pixels(path, max_pixels=max_pixels)
     if not preprocess.is_mask(pixels) and preprocess.is_lossy_mask(pixels):
         # A lossy mask (the CBIS-DDSM JPEG edition's): values near 0 and 255, not exactly.
         pixels = ((pixels > 127) * 255).astype(np.uint8)
@@ -92,6 +103,7 @@ def model_input(
     *,
     roi_mask: str | Path | None = None,
     roi_box: tuple[int, int, int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """``path`` as the uint8 (height, width) array a model with ``preprocessing`` takes.
 
@@ -100,10 +112,13 @@ def model_input(
         roi_mask: ROI view: a mask image file of the finding in the mammogram ``path``.
         roi_box: ROI view: the finding's box in the mammogram's pixels, x0, y0, x1, y1
             (ends exclusive). Neither: ``path`` is taken to be the finding's crop.
+        max_pixels: the most pixels ``path`` and ``roi_mask`` may declare (see
+            :func:`read_pixels`).
 
     Raises:
-        UserError: an unreadable or blank file, a ROI for a whole-view model, both a mask
-            and a box, a mask that does not fit the image, or a box outside it.
+        UserError: an unreadable or blank file, one that declares more pixels than the
+            cap, a ROI for a whole-view model, both a mask and a box, a mask that does not
+            fit the image, or a box outside it.
     """
     view, size, mode = preprocessing.view, preprocessing.size, preprocessing.enhance
     located = roi_mask is not None or roi_box is not None
@@ -119,7 +134,7 @@ def model_input(
             "this model's preprocessing lacks context_px (its dataset's ROI tile side), so "
             "its tile cannot be cut: give the finding's crop instead of a ROI"
         )
-    decoded = read_pixels(path)
+    decoded = read_pixels(path, max_pixels=max_pixels)
     try:
         image = SourceImage(decoded, crop=view == "roi" and not located)
     except UserError as exc:
@@ -130,7 +145,7 @@ def model_input(
         )[size]
     if located:
         if roi_mask is not None:
-            mask = _mask_from_file(roi_mask, image.shape)
+            mask = _mask_from_file(roi_mask, image.shape, max_pixels=max_pixels)
         else:
             mask = _mask_from_box(roi_box, image.shape)
         # The centred tile, as prepare cuts for validation and test (no random draw is made).
@@ -152,11 +167,13 @@ CC = "CC"
 _SIDES = {"L": "LEFT", "R": "RIGHT", "LEFT": "LEFT", "RIGHT": "RIGHT"}
 
 
-def _header(path: str | Path) -> dict:
+def _header(path: str | Path, max_pixels: int | None = None) -> dict:
     """What a DICOM file's header says of its breast and view (nothing for other files)."""
     import pydicom
 
     try:
+        # pydicom inflates a deflated dataset whole, even to read its header.
+        dicom.check_deflated(str(path), max_pixels=max_pixels)
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:  # not DICOM (PNG, JPEG, ...), or no preamble: the order given holds
         return {}
@@ -170,20 +187,24 @@ def _header(path: str | Path) -> dict:
     return {"patient": patient, "side": _SIDES.get(side, side), "view": view}
 
 
-def breast_views(paths: Sequence[str | Path]) -> list[str]:
+def breast_views(paths: Sequence[str | Path], *, max_pixels: int | None = None) -> list[str]:
     """The CC and MLO files of one breast, CC first, for a two-view model. The order given
     holds unless the DICOM headers (ViewPosition, or CBIS-DDSM's PatientID) say otherwise.
 
+    Args:
+        max_pixels: the pixel cap (see :func:`read_pixels`): a deflated DICOM that would
+            inflate beyond it has its header left unread here (and is refused when read).
+
     Raises:
         UserError: not two files, two files of one view, or of two breasts (by the headers'
-            PatientID and laterality).
+            PatientID and laterality). Refusals name the files, never a patient's ID.
     """
     if len(paths) != 2:
         raise UserError(
             f"a two-view model takes the CC and MLO of one breast: give two files (CC then "
             f"MLO), not {len(paths)}"
         )
-    headers = [_header(p) for p in paths]
+    headers = [_header(p, max_pixels) for p in paths]
     views = [h.get("view", "") for h in headers]
     if views[0] and views[0] == views[1]:
         raise UserError(
@@ -195,13 +216,20 @@ def breast_views(paths: Sequence[str | Path]) -> list[str]:
             f"neither {paths[0]} ({views[0]}) nor {paths[1]} ({views[1]}) is a CC view (their "
             "DICOM headers say so); give the CC and the MLO of one breast"
         )
-    for name, what in (("patient", "patients"), ("side", "breasts")):
-        a, b = (h.get(name, "") for h in headers)
-        if a and b and a != b:
-            raise UserError(
-                f"{paths[0]} and {paths[1]} are of two {what} ({a} and {b} in their DICOM "
-                "headers); give the CC and the MLO of one breast"
-            )
+    # Patient IDs are compared, never printed: a refusal names the files (a patient's ID
+    # is identifying; ends up in logs and shell history).
+    a, b = (h.get("patient", "") for h in headers)
+    if a and b and a != b:
+        raise UserError(
+            f"{paths[0]} and {paths[1]} are of two patients (their DICOM headers' patient IDs "
+            "differ); give the CC and the MLO of one breast"
+        )
+    a, b = (h.get("side", "") for h in headers)
+    if a and b and a != b:
+        raise UserError(
+            f"{paths[0]} and {paths[1]} are of two breasts ({a} and {b} in their DICOM "
+            "headers); give the CC and the MLO of one breast"
+        )
     if views[1] == "CC" or (views[0] and views[0] != "CC" and not views[1]):
         return [str(paths[1]), str(paths[0])]
     return [str(p) for p in paths]

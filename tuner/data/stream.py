@@ -24,6 +24,7 @@ from tuner.data.tasks import Task
 from tuner.errors import UserError
 
 __all__ = [
+    "shard_url",
     "load_manifest",
     "split_entry",
     "TileStream",
@@ -47,13 +48,37 @@ def load_manifest(dataset: str) -> dict:
             f"no prepared dataset at {storage.normalize(dataset)} ({MANIFEST} not found); "
             f"run `mammotune prepare SOURCE {dataset}` first"
         )
-    manifest = storage.read_json(url)
-    if manifest.get("format") != FORMAT:
+    try:
+        manifest = storage.read_json(url)
+    except ValueError:
+        raise UserError(f"{url} is not valid JSON; prepare the dataset again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
         raise UserError(
-            f"{url}: dataset format {manifest.get('format')!r} is not {FORMAT!r}; "
-            "prepare it again with this version"
+            f"{url}: dataset format {found!r} is not {FORMAT!r}; prepare it again with this version"
         )
+    try:
+        for kind in (manifest.get("tiles") or {}).values():
+            for entry in (kind.get("splits") or {}).values():
+                for shard in entry.get("shards", []):
+                    shard_url(dataset, shard)  # a UserError: a path or digest was edited
+    except (AttributeError, TypeError):  # a list or number where the format has a mapping
+        raise UserError(f"{url} is damaged (its tiles are not as prepare writes them)") from None
     return manifest
+
+
+def shard_url(dataset: str, shard: dict) -> str:
+    """The URL of a manifest's shard entry, checked: its path stays inside the dataset and
+    its SHA-256 (which names the node cache's copy) is a hex digest.
+
+    Raises:
+        UserError: an entry whose path or digest was edited.
+    """
+    if not isinstance(shard, dict):
+        raise UserError(f"a shard entry of {storage.normalize(dataset)}'s {MANIFEST} is damaged")
+    named = str(shard.get("path"))[:60]
+    storage.check_sha256(shard.get("sha256"), what=f"shard {named!r}'s SHA-256")
+    return storage.join_under(dataset, shard.get("path") or "", what="shard path")
 
 
 def split_entry(manifest: dict, view: str, size: int, split: str, enhance: str = "none") -> dict:
@@ -211,7 +236,7 @@ class TileStream(IterableDataset):
         return not (storage.is_local(self.dataset) or storage.is_process_local(self.dataset))
 
     def _read(self, shard: dict, columns: list[str]):
-        url = storage.join(self.dataset, shard["path"])
+        url = shard_url(self.dataset, shard)
         if not self._remote():
             fs, path = storage.filesystem(url)
             with fs.open(path, "rb") as f:
@@ -236,7 +261,7 @@ class TileStream(IterableDataset):
             self.cache = self.cache or ShardCache()
             pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-fetch")
             fetched = [
-                pool.submit(self.cache.path, storage.join(self.dataset, s["path"]), s["sha256"])
+                pool.submit(self.cache.path, shard_url(self.dataset, s), s["sha256"])
                 for s in listed
             ]
         try:

@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 PROMOTIONS = "promotions"
+FINAL = "final"  # a promotion's final model: promotions/<id>/final
 PLAN_FILE, PROMOTION_FILE = "plan.json", "promotion.json"
 # The winner's calibrated OOF scores and the test look's per-image scores (labels and
 # class probabilities), for the report's curves; beside promotion.json.
@@ -55,7 +56,9 @@ class Promotion:
         return cls(
             id=data["id"],
             url=url,
-            final_model=data["final_model"],
+            # Where the promotion folder is now, not the URL recorded when it was written: a
+            # moved experiment still finds it, and an edited file cannot point elsewhere.
+            final_model=storage.join(url, FINAL),
             winner=data["winner"],
             threshold=data["threshold"],
             temperature=data["calibration"]["temperature"],

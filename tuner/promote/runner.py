@@ -34,6 +34,7 @@ from tuner.errors import UserError
 from tuner.promote import stats
 from tuner.promote.folds import TRAIN_VAL, fold_assignment
 from tuner.promote.result import (
+    FINAL,
     OOF_PREDICTIONS,
     PLAN_FILE,
     PROMOTION_FILE,
@@ -49,7 +50,7 @@ __all__ = ["FINALS", "plan_promotion", "run_promotion", "resume_promotion", "pro
 logger = logging.getLogger("tuner")
 
 FOLDS_FILE = "folds.json"
-CV, REFIT, FINAL = "cv", "refit", "final"
+CV, REFIT = "cv", "refit"
 FINALS = ("folds", "refit")
 PROMOTION_FORMAT = "mammotune-promotion/1"
 

@@ -15,7 +15,12 @@ through PyTorch's TorchScript-based exporter (``dynamo=False``: no onnxscript, e
 backbones here) and runs in ONNX Runtime; TorchScript is a traced module that also carries
 ``explain`` (each member's logits and Grad-CAM layer output) for heatmaps.
 
-Every file's SHA-256 is in ``bundle.json``: a bundle whose files were edited is refused.
+Every file's SHA-256 is in ``bundle.json``: a bundle whose files were edited by mistake is
+refused. That is no protection against someone who can write the bundle (they can rewrite
+``bundle.json`` too), and a TorchScript bundle is code that runs when loaded: the SHA-256
+of ``bundle.json`` itself (:attr:`Bundle.sha256`, printed by ``export``) pins every file,
+and ``open_bundle(url, expect_sha256=...)`` (``predict --expect-sha256``) refuses any other
+bundle before loading anything from it.
 """
 
 from __future__ import annotations
@@ -288,9 +293,10 @@ def export_model(source: str, out: str, *, fmt: str = "onnx", log=None) -> dict:
     bundle["meta_sha256"] = _meta_digest(bundle)
     for name, data in files.items():
         storage.write_bytes(storage.join(out, name), data)
-    storage.write_bytes(storage.join(out, BUNDLE_FILE), _json_bytes(bundle))  # last: complete
+    meta_bytes = _json_bytes(bundle)
+    storage.write_bytes(storage.join(out, BUNDLE_FILE), meta_bytes)  # last: complete
     emit(f"wrote {out} (max |difference| to PyTorch {bundle['verified_max_abs_diff']:.1e})")
-    return {**bundle, "url": out}
+    return {**bundle, "url": out, "sha256": _sha256(meta_bytes)}
 
 
 def _json_bytes(obj) -> bytes:
@@ -339,15 +345,16 @@ class Bundle:
     preprocessing: Preprocessing
     card: dict
     _session: object = field(repr=False, default=None)
+    sha256: str = ""  # of bundle.json's bytes, which list every other file's SHA-256
 
     @classmethod
-    def open(cls, url: str) -> Bundle:
+    def open(cls, url: str, *, expect_sha256: str | None = None) -> Bundle:
         """:func:`open_bundle`: the bundle at ``url``, checked."""
-        return open_bundle(url)
+        return open_bundle(url, expect_sha256=expect_sha256)
 
     def to_dict(self) -> dict:
-        """``bundle.json``, with the bundle's ``url``."""
-        return {**self.meta, "url": self.url}
+        """``bundle.json``, with the bundle's ``url`` and ``sha256``."""
+        return {**self.meta, "url": self.url, "sha256": self.sha256}
 
     @property
     def runtime(self) -> str:
@@ -380,20 +387,36 @@ class Bundle:
         return _run(self.runtime, self._session, tiles)
 
 
-def open_bundle(url: str) -> Bundle:
+def open_bundle(url: str, *, expect_sha256: str | None = None) -> Bundle:
     """Open an export bundle, checking its format version and every file's checksum.
 
+    Args:
+        expect_sha256: the SHA-256 of ``bundle.json`` as ``export`` printed it, got from a
+            place you trust: any other bundle is refused before anything in it is loaded
+            (a TorchScript bundle is code).
+
     Raises:
-        UserError: not a bundle, a newer format version than this mammotune reads, a file
-            missing or edited since export.
+        UserError: not a bundle, another bundle than ``expect_sha256`` names, a newer format
+            version than this mammotune reads, a file missing or edited since export, a
+            file list naming paths outside the bundle.
     """
     url = storage.normalize(url)
+    if expect_sha256 is not None:
+        expect_sha256 = str(expect_sha256).strip().lower().removeprefix("sha256:")
+        storage.check_sha256(expect_sha256, what="--expect-sha256")
     storage.check_location(url)
     meta_url = storage.join(url, BUNDLE_FILE)
     if not storage.exists(meta_url):
         raise UserError(f"{url} is not an export bundle ({BUNDLE_FILE} not found)")
+    meta_bytes = storage.read_bytes(meta_url)
+    digest = _sha256(meta_bytes)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise UserError(
+            f"{url} is not the bundle you expected: its {BUNDLE_FILE} has SHA-256 {digest}, "
+            f"not {expect_sha256}; nothing in it was loaded"
+        )
     try:
-        meta = json.loads(storage.read_bytes(meta_url))
+        meta = json.loads(meta_bytes)
     except ValueError:
         raise UserError(f"{meta_url} is not valid JSON; export the model again") from None
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
@@ -413,13 +436,22 @@ def open_bundle(url: str) -> Bundle:
         )
     if meta.get("runtime") not in EXPORT_FORMATS or not isinstance(meta.get("files"), dict):
         raise UserError(f"{meta_url}: unknown runtime {meta.get('runtime')!r}")
+    needed = {meta.get("model_file"), PREPROCESSING_FILE, CARD_FILE}
+    if meta.get("model_file") != EXPORT_FORMATS[meta["runtime"]] or not needed <= set(
+        meta["files"]
+    ):
+        raise UserError(
+            f"{meta_url}: its file list does not name {', '.join(sorted(map(str, needed)))}; "
+            "export the model again"
+        )
     contents = {}
-    for name, digest in meta["files"].items():
-        file_url = storage.join(url, name)
+    for name, file_digest in meta["files"].items():
+        file_url = storage.join_under(url, name, what="bundle file")
+        storage.check_sha256(file_digest, what=f"{BUNDLE_FILE}'s digest of {name!r}")
         if not storage.exists(file_url):
             raise UserError(f"{url}: {name} is missing; copy the bundle folder whole")
         data = storage.read_bytes(file_url)
-        if _sha256(data) != digest:
+        if _sha256(data) != file_digest:
             raise UserError(
                 f"{file_url} was changed after export (its SHA-256 differs from bundle.json's); "
                 "export the model again rather than editing a bundle"
@@ -435,4 +467,4 @@ def open_bundle(url: str) -> Bundle:
         views=int(prep.get("views", 1)),
     )
     session = _session(meta["runtime"], contents[meta["model_file"]])
-    return Bundle(url, meta, preprocessing, json.loads(contents[CARD_FILE]), session)
+    return Bundle(url, meta, preprocessing, json.loads(contents[CARD_FILE]), session, digest)

@@ -23,7 +23,7 @@ from tuner import storage
 from tuner.data import shards
 from tuner.data.pairs import PairStream, per_breast_probabilities
 from tuner.data.sources import mixed_editions
-from tuner.data.stream import load_manifest, split_entry
+from tuner.data.stream import load_manifest, shard_url, split_entry
 from tuner.data.tasks import get_task
 from tuner.errors import UserError
 from tuner.models.classifier import class_probabilities
@@ -134,7 +134,7 @@ def predict_split(
 
     root = storage.normalize(data)
     for shard in entry["shards"]:
-        url = storage.join(root, shard["path"])
+        url = shard_url(root, shard)
         table = shards.decode(io.BytesIO(storage.read_bytes(url)), columns=columns)
         tiles = shards.images(table)
         values = {c: table.column(c).to_pylist() for c in labels_and_context}

@@ -131,12 +131,12 @@ class Experiment:
             return download_model(promoted.final_model, dest)
         return download_checkpoint(self.best().checkpoint, dest)
 
-    def report(self, out: str | None = None):
+    def report(self, out: str | None = None, *, study: str | None = None):
         """Write this experiment's HTML report and model card (see :func:`tuner.report`);
         returns the :class:`tuner.Report`."""
         from tuner.results.report import search_report
 
-        return search_report(self.url, out)
+        return search_report(self.url, out, study=study)
 
     def promotion(self, promotion_id: str | None = None):
         """A finished promotion (:class:`tuner.Promotion`): ``promotion_id``, or the newest;

@@ -342,9 +342,15 @@ def download_model(model: str, dest: str) -> str:
     Raises:
         UserError: ``dest`` already holds files (nothing is overwritten).
     """
-    dest = _new_folder(dest)
     meta = storage.read_json(storage.join(model, "model.json"))
-    for member in meta["members"]:
-        download_checkpoint(storage.join(model, member), storage.join(dest, member))
+    members = meta.get("members") if isinstance(meta, dict) else None
+    if not isinstance(members, list) or not members:
+        raise UserError(f"{model}/model.json: no members; the final model's folder is damaged")
+    # Each member checked to stay inside both folders before anything is copied.
+    sources = [storage.join_under(model, m, what="member") for m in members]
+    targets = [storage.join_under(dest, m, what="member") for m in members]
+    dest = _new_folder(dest)
+    for source, target in zip(sources, targets, strict=True):
+        download_checkpoint(source, target)
     storage.write_json(storage.join(dest, "model.json"), meta)
     return dest

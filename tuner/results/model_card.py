@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from tuner import __version__, storage
+from tuner.errors import UserError
 from tuner.training.checkpoint import ModelSet, read_meta
 
 __all__ = ["CARD_FORMAT", "model_card", "read_dataset"]
@@ -65,20 +66,40 @@ def _read(url: str | None) -> dict | None:
     return None
 
 
-def read_dataset(data_url: str | None) -> tuple[dict | None, bool]:
+def read_dataset(data_url: str | None, experiment: str | None = None) -> tuple[dict | None, bool]:
     """(the prepared dataset's manifest, or None when it cannot be reached; whether its
-    source is a synthetic dataset (``synth.json`` beside the source))."""
+    source is a synthetic dataset).
+
+    The copy a search keeps of its dataset's manifest (``EXP/dataset_manifest.json``) is read
+    first when ``data_url`` is that search's dataset; no URL written inside a manifest is
+    followed (``prepare`` records there whether its source was synthetic).
+    """
     from tuner.data.stream import MANIFEST
+    from tuner.search.experiment import DATASET_COPY
+
+    manifest = None
+    if data_url and experiment:
+        copy = _read(storage.join(experiment, DATASET_COPY))
+        if copy and copy.get("url") == storage.normalize(data_url):
+            manifest = copy.get("manifest")
+    if manifest is None and data_url:
+        manifest = _read(storage.join(data_url, MANIFEST))
+    source = (manifest or {}).get("source", {})
+    if "synthetic" in source:
+        return manifest, bool(source["synthetic"])
+    # A manifest from before prepare recorded it: look beside its source, as then (a read of
+    # one marker's existence; an unreadable source counts as not synthetic).
     from tuner.data.synthetic import MARKER
 
-    manifest = _read(storage.join(data_url, MANIFEST)) if data_url else None
-    source = (manifest or {}).get("source", {})
-    synthetic = bool(source.get("url")) and storage.exists(storage.join(source["url"], MARKER))
+    try:
+        synthetic = bool(source.get("url")) and storage.exists(storage.join(source["url"], MARKER))
+    except (UserError, OSError, ValueError):
+        synthetic = False
     return manifest, synthetic
 
 
-def _data_summary(data_url: str | None) -> dict:
-    manifest, synthetic = read_dataset(data_url)
+def _data_summary(data_url: str | None, experiment: str | None = None) -> dict:
+    manifest, synthetic = read_dataset(data_url, experiment)
     if manifest is None:
         return {"dataset": data_url, "available": False}
     patients = {k: v.get("patients") for k, v in manifest.get("splits", {}).items()}
@@ -110,11 +131,12 @@ def model_card(models: ModelSet, *, experiment: str | None = None) -> dict:
     experiment = experiment or models.meta.get("experiment")
     promotion = None
     if models.meta.get("promotion") and experiment:
-        promotion = _read(
-            storage.join(experiment, "promotions", models.meta["promotion"], "promotion.json")
+        folder = storage.join_under(
+            storage.join(experiment, "promotions"), models.meta["promotion"], what="promotion"
         )
+        promotion = _read(storage.join(folder, "promotion.json"))
     data_url = config.get("data")
-    data = _data_summary(data_url)
+    data = _data_summary(data_url, experiment)
     looks = read_ledger(experiment) if experiment and storage.exists(experiment) else []
 
     details = {

@@ -34,6 +34,8 @@ def predict_files(
     roi_mask: str | Path | None = None,
     roi_box: tuple[int, int, int, int] | None = None,
     heatmap: str | None = None,
+    expect_sha256: str | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Probabilities per class for each file, and the predicted class.
 
@@ -53,6 +55,9 @@ def predict_files(
         heatmap: a new or empty folder for Grad-CAM overlays (one PNG per file, over the
             tile the model saw, for the predicted class): checkpoints, final models and
             TorchScript bundles.
+        expect_sha256: the bundle's SHA-256 (of ``bundle.json``) from a trusted place; see
+            :func:`tuner.results.bundle.open_bundle`. Only bundles carry one.
+        max_pixels: the most pixels a file may declare (see :mod:`tuner.data.limits`).
 
     Returns:
         checkpoint, task, preprocessing (see :class:`Preprocessing`), threshold, and per
@@ -68,8 +73,10 @@ def predict_files(
             from an ONNX bundle; for a two-view model, not two files, two files of one
             view or of two breasts (see :func:`tuner.data.single.breast_views`).
     """
+    from tuner.data.limits import pixel_cap
     from tuner.results.bundle import is_bundle, open_bundle
 
+    max_pixels = pixel_cap(max_pixels)  # a bad setting is refused before the model loads
     roi = "mask" if roi_mask is not None else "box" if roi_box is not None else None
     if heatmap is not None:
         heatmap = str(heatmap).removeprefix("file://")
@@ -79,8 +86,13 @@ def predict_files(
             raise UserError(f"--heatmap {heatmap} is a file; give a new folder")
         if os.path.isdir(heatmap) and os.listdir(heatmap):
             raise UserError(f"{heatmap} is not empty; choose a new folder for --heatmap")
+    if expect_sha256 is not None and not is_bundle(checkpoint):
+        raise UserError(
+            f"--expect-sha256 checks an export bundle (mammotune export); {checkpoint} is not "
+            "one: export it and pin the bundle's SHA-256"
+        )
     if is_bundle(checkpoint):
-        bundle = open_bundle(checkpoint)
+        bundle = open_bundle(checkpoint, expect_sha256=expect_sha256)
         preprocessing, classes, task = bundle.preprocessing, bundle.classes, bundle.meta["task"]
         fixed = bundle.threshold
         score = bundle.probabilities
@@ -131,8 +143,10 @@ def predict_files(
                 "a ROI was given, but this model classifies whole mammograms (two views of "
                 "a breast): give its CC and MLO files alone"
             )
-        ordered = breast_views(files)
-        pixels = np.stack([model_input(path, preprocessing) for path in ordered])
+        ordered = breast_views(files, max_pixels=max_pixels)
+        pixels = np.stack(
+            [model_input(path, preprocessing, max_pixels=max_pixels) for path in ordered]
+        )
         return _result(
             checkpoint,
             task,
@@ -144,7 +158,9 @@ def predict_files(
         )
     results, names = [], set()
     for path in files:
-        pixels = model_input(path, preprocessing, roi_mask=roi_mask, roi_box=roi_box)
+        pixels = model_input(
+            path, preprocessing, roi_mask=roi_mask, roi_box=roi_box, max_pixels=max_pixels
+        )
         result = _item(str(path), score(pixels[None])[0], classes, threshold, roi)
         predicted = result["predicted"]
         if heatmap is not None:

@@ -17,11 +17,14 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -226,39 +229,69 @@ def _first(space: dict) -> int:
     return int(startup)
 
 
-def _study(meta: dict, experiment: str):
-    """The search's Optuna study, or (None, why not)."""
+def _study(meta: dict, experiment: str, named: str | None = None):
+    """The search's Optuna study, or (None, why not).
+
+    Read from the database the user names (``named``), else from the copy the experiment
+    holds (``EXP/optuna.db``: a local experiment's study, a bucket experiment's snapshot).
+    The URL ``search.json`` records is never connected to on its own: an edited file must
+    not send this machine's PGPASSWORD to a server of its choosing.
+    """
     import optuna
 
+    from tuner.search.study import SNAPSHOT_FILE, redact
+
     study = meta.get("study") or {}
-    reason = f"its database {study.get('storage')} is not reachable from here"
-    candidates = [study.get("storage")]
-    local = storage.join(experiment, "optuna.db")
+    recorded = str(study.get("storage") or "")
+    name = study.get("name")
+    own = storage.join(experiment, SNAPSHOT_FILE)
+    reason = (
+        f"the experiment holds no copy of it ({SNAPSHOT_FILE}); the search kept it in "
+        f"{redact(recorded)}, which is read only when named: report --study URL (study= in "
+        "Python)"
+        if recorded
+        else f"the experiment holds no copy of it ({SNAPSHOT_FILE})"
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if named:
+        try:
+            return optuna.load_study(study_name=name, storage=named), None
+        except Exception as exc:  # a database we cannot open: say so in the report
+            return None, f"{redact(named)}: {type(exc).__name__}: {_first_line(exc, named)}"
+    try:
+        if not storage.exists(own):
+            return None, reason
+    except UserError as exc:
+        return None, str(exc)
     with tempfile.TemporaryDirectory(prefix="mammotune-study-") as folder:
-        copy = f"sqlite:///{os.path.join(folder, 'optuna.db')}"
-        if storage.is_local(experiment) and os.path.exists(local):
-            candidates.append(f"sqlite:///{local}")  # the experiment was moved with its study
-        elif study.get("snapshot") and storage.exists(storage.join(experiment, study["snapshot"])):
-            # a bucket experiment's study, as of the search's last snapshot: read from a copy
-            fs, path = storage.filesystem(storage.join(experiment, study["snapshot"]))
-            fs.get(path, copy.removeprefix("sqlite:///"))
-            candidates.insert(0, copy)
-        for url in [c for c in candidates if c]:
-            if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
-                continue
-            try:
-                optuna.logging.set_verbosity(optuna.logging.WARNING)
-                if url != copy:
-                    return optuna.load_study(study_name=study.get("name"), storage=url), None
-                # The copy's folder goes when this returns: the study is read into memory.
-                memory = optuna.storages.InMemoryStorage()
-                optuna.copy_study(
-                    from_study_name=study.get("name"), from_storage=url, to_storage=memory
-                )
-                return optuna.load_study(study_name=study.get("name"), storage=memory), None
-            except Exception as exc:  # a database we cannot open: say so in the report
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    return None, reason
+        local = os.path.join(folder, SNAPSHOT_FILE)
+        try:
+            if not storage.is_local(experiment):  # a bucket experiment's snapshot: a copy
+                fs, path = storage.filesystem(own)
+                fs.get(path, local)
+            else:  # opened read-only and copied consistently (a search may be writing it)
+                source = Path(own).resolve().as_uri() + "?mode=ro"
+                with (
+                    closing(sqlite3.connect(source, uri=True)) as src,
+                    closing(sqlite3.connect(local)) as dst,
+                ):
+                    src.backup(dst)
+            url = f"sqlite:///{local}"
+            # The copy's folder goes when this returns: the study is read into memory.
+            memory = optuna.storages.InMemoryStorage()
+            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=memory)
+            return optuna.load_study(study_name=name, storage=memory), None
+        except Exception as exc:
+            return None, f"{SNAPSHOT_FILE}: {type(exc).__name__}: {_first_line(exc, None)}"
+
+
+def _first_line(exc: Exception, url: str | None) -> str:
+    from tuner.search.study import secrets_in
+
+    text = (str(exc).splitlines() or [""])[0][:160]
+    for secret in secrets_in(url) if url else []:
+        text = text.replace(secret, "***")
+    return text
 
 
 # ------------------------------------------------------------------------------ sections
@@ -274,7 +307,7 @@ def _search_section(meta, board, rows, ledger, figures: list[int]) -> str:
     parts = ["<h2 id='search'>Search</h2>"]
     space = meta["space"]
     parts.append(
-        f"<p>{len(board.trials)} trials of {board.planned_trials or '?'} planned; metric "
+        f"<p>{len(board.trials)} trials of {_e(board.planned_trials or '?')} planned; metric "
         f"<b>{_e(board.metric)}</b> ({_e(board.mode)}); sampler "
         f"{_e(space.get('sampler', {}).get('type'))}, scheduler "
         f"{_e(space.get('scheduler', {}).get('type'))}; task {_e(space.get('task'))}, view "
@@ -349,11 +382,13 @@ def _search_section(meta, board, rows, ledger, figures: list[int]) -> str:
     return "".join(parts)
 
 
-def _importance_section(meta, experiment, board, figures: list[int], notes: list[str]) -> str:
+def _importance_section(
+    meta, experiment, board, figures: list[int], notes: list[str], named: str | None
+) -> str:
     import optuna
 
     parts = ["<h3>Hyperparameter importance</h3>"]
-    study, why = _study(meta, experiment)
+    study, why = _study(meta, experiment, named)
     if study is None:
         notes.append(f"importance: the Optuna study could not be opened ({why})")
         return (
@@ -460,12 +495,12 @@ def _leaderboard_section(board) -> str:
     )
 
 
-def _data_section(meta: dict, notes: list[str]) -> str:
+def _data_section(meta: dict, experiment: str, notes: list[str]) -> str:
     parts = ["<h2 id='data'>Data</h2>"]
     from tuner.results.model_card import read_dataset
 
     url = meta.get("data")
-    manifest, synthetic = read_dataset(url)
+    manifest, synthetic = read_dataset(url, experiment)
     if manifest is None:
         notes.append(f"data: the dataset {url} is not reachable (no manifest.json)")
         return (
@@ -853,11 +888,15 @@ def _out_paths(experiment: str, out) -> tuple[str, str]:
     return out, card
 
 
-def search_report(experiment: str, out: str | None = None) -> Report:
+def search_report(experiment: str, out: str | None = None, *, study: str | None = None) -> Report:
     """Write the HTML report of ``experiment`` to ``out`` (default:
     ``EXP/reports/<UTC time>/report.html``) and ``model_card.json`` beside it.
 
     An experiment with no finished trial gets a report that says so.
+
+    Args:
+        study: the Optuna storage to read the study from (a search run with ``--study``);
+            by default only the copy the experiment holds is read.
 
     Raises:
         UserError: no experiment at ``experiment``; ``out`` or its model_card.json exists.
@@ -888,9 +927,9 @@ def search_report(experiment: str, out: str | None = None) -> Report:
     ledger = compute_ledger(board, rows, space.get("resources", {}), _first(space))
     body.append(_search_section(meta, board, rows, ledger, figures))
     if finished:
-        body.append(_importance_section(meta, experiment, board, figures, notes))
+        body.append(_importance_section(meta, experiment, board, figures, notes, study))
     body.append(_leaderboard_section(board))
-    body.append(_data_section(meta, notes))
+    body.append(_data_section(meta, experiment, notes))
     if promotion is not None:
         sections.append("promotion")
         body.append(_promotion_section(experiment, promotion, figures))
@@ -909,7 +948,7 @@ def search_report(experiment: str, out: str | None = None) -> Report:
         f"<title>mammotune report: {_e(name)}</title>"
         # No request may leave the file: forbid every fetch but inline data.
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
-        "img-src data:; style-src 'unsafe-inline'\">"
+        "img-src data:; style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'\">"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>mammotune report: {_e(name)}</h1>"
         f"<p class='note'>{_e(experiment)} &middot; generated {created} by mammotune "

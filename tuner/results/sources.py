@@ -55,7 +55,7 @@ def resolve_model(url: str) -> tuple[ModelSet, dict]:
         UserError: nothing loadable there, an experiment with no checkpoint yet, or an
             errored trial.
     """
-    from tuner.promote.result import PROMOTION_FILE
+    from tuner.promote.result import FINAL, PROMOTION_FILE
     from tuner.results.leaderboard import leaderboard
 
     url = storage.normalize(url)
@@ -77,7 +77,7 @@ def resolve_model(url: str) -> tuple[ModelSet, dict]:
             model = best.checkpoint
     elif _is(url, PROMOTION_FILE):
         kind = "promotion"
-        model = storage.read_json(storage.join(url, PROMOTION_FILE))["final_model"]
+        model = storage.join(url, FINAL)  # where promotion.json's final_model was written
         experiment = posixpath.dirname(posixpath.dirname(url))
     elif (trial := _trial_of(url)) is not None and not _is(url, "checkpoint.json"):
         experiment, trial_id = trial

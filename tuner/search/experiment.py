@@ -11,10 +11,14 @@ import time
 
 EXPERIMENT_FILE = "search.json"
 EXPERIMENT_FORMAT = "mammotune-experiment/1"
+# A copy of the search's dataset manifest, so that the report and the model card read what
+# the search saw without following URLs: {"url": the dataset, "manifest": its manifest}.
+DATASET_COPY = "dataset_manifest.json"
 CHECKPOINT_META = "checkpoint.json"  # tuner.training.checkpoint.META, read without torch
 _REWRITE_S = 0.5  # time to wait for a snapshot caught half written
 
 __all__ = [
+    "DATASET_COPY",
     "EXPERIMENT_FILE",
     "EXPERIMENT_FORMAT",
     "TRIAL_STATES",

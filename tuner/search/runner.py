@@ -12,7 +12,7 @@ import logging
 import os
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tuner
 from tuner import storage
@@ -20,7 +20,12 @@ from tuner.config import Categorical, SearchSpace, apply_overrides
 from tuner.data.stream import load_manifest, split_entry
 from tuner.errors import UserError
 from tuner.models.weights import find_transfer_weights
-from tuner.search.experiment import EXPERIMENT_FILE, EXPERIMENT_FORMAT, trial_states
+from tuner.search.experiment import (
+    DATASET_COPY,
+    EXPERIMENT_FILE,
+    EXPERIMENT_FORMAT,
+    trial_states,
+)
 from tuner.search.retention import prune_checkpoints
 from tuner.search.space import DefineByRun, check_space
 from tuner.search.strategies import build_sampler, build_scheduler
@@ -56,6 +61,7 @@ class SearchPlan:
     constants: dict
     # A bucket experiment's default study: a copy goes into every snapshot (tuner.search.study)
     study_snapshot: bool = False
+    manifest: dict = field(default_factory=dict, repr=False)  # the dataset's, as checked
 
 
 def _max_epochs(space: SearchSpace) -> int:
@@ -109,15 +115,17 @@ def plan_search(
             "no experiment location given; give storage (--storage): a folder or bucket URL"
         )
     experiment = storage.normalize(experiment)
+    # Writable first: where the user may not list, asking what is there is refused too.
+    storage.check_writable(posixpath.dirname(experiment))
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
         raise UserError(
             f"{experiment} already holds an experiment; choose a new storage location (--storage) "
             "(nothing there was changed)"
         )
     fs, path = storage.filesystem(experiment)
-    if fs.exists(path) and fs.ls(path):
-        raise UserError(f"{experiment} is not empty; choose a new storage location (--storage)")
-    storage.check_writable(posixpath.dirname(experiment))
+    with storage.denied(experiment, "list"):
+        if fs.exists(path) and fs.ls(path):
+            raise UserError(f"{experiment} is not empty; choose a new storage location (--storage)")
     if study:
         check_new_study(study, posixpath.basename(experiment), stale_copy=False)
         snapshot = False
@@ -143,6 +151,7 @@ def plan_search(
         study_snapshot=snapshot,
         max_epochs=_max_epochs(space),
         constants=constants,
+        manifest=manifest,
     )
 
 
@@ -278,6 +287,11 @@ def run_search(
             "max_epochs": plan.max_epochs,
         },
     )
+    if plan.manifest:  # what the report and the model card read: no URL is followed
+        storage.write_json(
+            storage.join(plan.experiment, DATASET_COPY),
+            {"url": plan.data, "manifest": plan.manifest},
+        )
     name = posixpath.basename(plan.experiment)
     multi = space.multi_objective
     searcher = TrialRecordingSearch(

@@ -23,6 +23,7 @@ import optuna
 
 from tuner import storage
 from tuner.errors import UserError
+from tuner.redaction import SECRET_QUERY_KEYS
 
 __all__ = [
     "SNAPSHOT_FILE",
@@ -31,7 +32,9 @@ __all__ = [
     "check_new_study",
     "default_study",
     "prepare_resume",
+    "has_password",
     "redact",
+    "secrets_in",
     "snapshot_study",
     "upload_snapshot",
     "without_password",
@@ -41,25 +44,70 @@ __all__ = [
 SNAPSHOT_FILE = "optuna.db"
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) masked, for messages and logs."""
+# Query parameters that carry a secret: stripped with the user-info password.
+_SECRET_QUERY = SECRET_QUERY_KEYS
+
+
+def _parts(url: str):
+    """(SQLAlchemy URL, the secrets in it) or (None, []) when it is no URL it parses."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: print none of it but the scheme
+        parsed = make_url(url)
+    except Exception:
+        return None, []
+    secrets = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if key.lower() in _SECRET_QUERY:
+            secrets += [value] if isinstance(value, str) else list(value)
+    return parsed, [str(s) for s in secrets if s]
+
+
+def _rebuild(url: str, mask: str | None) -> str:
+    parsed, _ = _parts(url)
+    if parsed is None:  # not a URL SQLAlchemy can parse: print none of it but the scheme
         return url.split("://", 1)[0] + "://..." if "://" in url else "(unparsable URL)"
+    from sqlalchemy.engine import URL
+
+    query = {
+        k: (mask if k.lower() in _SECRET_QUERY else v)
+        for k, v in parsed.query.items()
+        if mask is not None or k.lower() not in _SECRET_QUERY
+    }
+    # URL.create, not parsed.set(password=None): SQLAlchemy 2.1's set() ignores a None,
+    # which once left the password in search.json and Tune's snapshots.
+    clean = URL.create(
+        parsed.drivername,
+        username=parsed.username,
+        password=mask if parsed.password and mask is not None else None,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query=query,
+    )
+    return clean.render_as_string(hide_password=False).replace("%2A%2A%2A", "***")
+
+
+def redact(url: str) -> str:
+    """The URL with its passwords (user-info and query) shown as ``***``, for messages."""
+    return _rebuild(url, "***")
 
 
 def without_password(url: str) -> str:
-    """The URL with no password in it: what ``search.json`` and Tune's snapshots record
-    (libpq takes the password from PGPASSWORD or ~/.pgpass)."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The URL with no password in it, neither in the user-info nor in the query: what
+    ``search.json`` and Tune's snapshots record (libpq takes the password from PGPASSWORD
+    or ~/.pgpass)."""
+    return _rebuild(url, None)
 
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
-    except Exception:
-        return redact(url)
+
+def secrets_in(url: str) -> list[str]:
+    """The passwords a URL carries (user-info and query), to keep them out of messages."""
+    return _parts(url)[1]
+
+
+def has_password(url: str) -> bool:
+    """Whether a database URL carries a password (user-info or query)."""
+    return bool(secrets_in(url))
 
 
 def working_copy(experiment: str) -> str:
@@ -85,22 +133,12 @@ def _open(url: str) -> optuna.storages.RDBStorage:
     except Exception as exc:  # sqlalchemy's OperationalError, a missing driver, a bad URL
         reason = getattr(exc, "orig", None) or exc
         first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(exc).__name__
-        password = _password(url)
-        if password:
-            first = first.replace(password, "***")
+        for secret in secrets_in(url):
+            first = first.replace(secret, "***")
         raise UserError(
             f"cannot open the Optuna study storage {redact(url)}: {first[:200]}; check "
             "the server and user of --study, and the password (PGPASSWORD or ~/.pgpass)"
         ) from None
-
-
-def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password
-    except Exception:
-        return None
 
 
 def check_new_study(url: str, name: str, *, stale_copy: bool) -> None:
@@ -203,7 +241,7 @@ def prepare_resume(meta: dict, experiment: str, study_url: str | None = None) ->
     if study_url:
         url = study_url
     elif study.get("snapshot"):
-        remote = storage.join(experiment, study["snapshot"])
+        remote = storage.join(experiment, SNAPSHOT_FILE)  # the one name snapshots are given
         if not storage.exists(remote):
             raise UserError(
                 f"the Optuna study of {experiment} was not found: {remote} is missing "

@@ -127,9 +127,12 @@ def open_model(url: str) -> ModelSet:
         meta = storage.read_json(storage.join(url, MODEL))
         if meta.get("format") != MODEL_FORMAT:
             raise UserError(f"{url}/{MODEL}: unknown model format {meta.get('format')!r}")
+        members = meta.get("members")
+        if not isinstance(members, list) or not members:
+            raise UserError(f"{url}/{MODEL}: no members; the final model's folder is damaged")
         return ModelSet(
             url=url,
-            members=[storage.join(url, m) for m in meta["members"]],
+            members=[storage.join_under(url, m, what="member") for m in members],
             tta=bool(meta.get("tta", False)),
             temperature=float(meta.get("temperature", 1.0)),
             threshold=meta.get("threshold"),
