@@ -39,6 +39,19 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return values
 
 
+def _max_pixels(p) -> None:
+    """``--max-pixels``, for the commands that decode image files (prepare, predict)."""
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the most pixels an image file may declare; larger files are refused before "
+        "decoding (default: MAMMOTUNE_MAX_PIXELS, else tuner.data.limits.MAX_PIXELS, 100 "
+        "million)",
+    )
+
+
 def _show(args, result, printer) -> None:
     """``--json``: the result as JSON; otherwise ``printer`` draws it."""
     if getattr(args, "json", False):
@@ -153,14 +166,7 @@ def _prepare(commands) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        metavar="N",
-        default=None,
-        help="the most pixels an image file may declare; larger files are refused before "
-        "decoding (default: MAMMOTUNE_MAX_PIXELS, else 100000000)",
-    )
+    _max_pixels(p)
     p.set_defaults(run=cmd_prepare)
 
 
@@ -473,14 +479,7 @@ def _predict(commands) -> None:
         help="an export bundle's SHA-256 as export printed it, from a place you trust: any "
         "other bundle is refused before it is loaded (a bundle is code)",
     )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        metavar="N",
-        default=None,
-        help="the most pixels an image file may declare; larger files are refused before "
-        "decoding (default: MAMMOTUNE_MAX_PIXELS, else 100000000)",
-    )
+    _max_pixels(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_predict)
 
